@@ -1,0 +1,40 @@
+# podmgr: the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+BOX_ID ?= test-$(shell echo $$$$)
+PYTEST ?= $(PYTHON) -m pytest
+
+.PHONY: test lint unit test-system test-host install demo bench debian13-root clean
+
+## Everything: lint, unit tests on the host, box tests, system tests inside one box.
+test: lint unit test-host test-system
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+lint:
+	$(PYTHON) -m ruff check podmgr tests bench
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTEST) -m unit tests/unit
+
+## Tests of the box itself (boot, two at once, no leftovers); root on the host.
+test-host:
+	$(PYTEST) tests/host
+
+## System tests in one throwaway box; T= picks tests, e.g. make test-system T=tests/system/test_bus.py
+test-system:
+	$(PYTHON) tests/box.py run $(BOX_ID) -- $(PYTEST) -m system $(or $(T),tests/system)
+
+bench:
+	$(PYTHON) bench/cli_startup
+
+## A Debian 13 tree for booting systemd 257 in the box (needs network to the Debian mirror).
+debian13-root: build/trixie-root/usr/lib/systemd/systemd
+build/trixie-root/usr/lib/systemd/systemd:
+	mkdir -p build
+	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2 trixie build/trixie-root.tmp http://deb.debian.org/debian
+	mv build/trixie-root.tmp build/trixie-root
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""The one helper through which podmgr runs external commands.
+
+It never uses a shell, logs ``+ cmd`` at debug level, and turns a failure into a
+single CommandError (the caller decides whether and how to report it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from podmgr.errors import CommandError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | str | None = None,
+    stdin: int | IO[Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` and return the completed process (stdout/stderr as text).
+
+    Raises CommandError when it exits non-zero and ``check`` is true, and
+    NotFoundError when the program does not exist.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    if isinstance(input, bytes):
+        input = input.decode()
+    try:
+        proc = subprocess.run(
+            args,
+            check=False,
+            text=True,
+            input=input,
+            stdin=stdin if input is None else None,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            timeout=timeout,
+        )
+    except FileNotFoundError as e:
+        raise NotFoundError(
+            f"command not found: {args[0]}", hint="install the package that provides it"
+        ) from e
+    except subprocess.TimeoutExpired as e:
+        raise CommandError(
+            f"{args[0]} did not finish within {timeout} s", argv=args, returncode=-1
+        ) from e
+    if check and proc.returncode != 0:
+        stderr = (proc.stderr or "").strip()
+        last = stderr.splitlines()[-1] if stderr else f"exit status {proc.returncode}"
+        raise CommandError(
+            f"{os.path.basename(args[0])} failed: {last}",
+            argv=args,
+            returncode=proc.returncode,
+            stderr=stderr,
+        )
+    return proc

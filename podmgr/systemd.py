@@ -1,0 +1,492 @@
+"""All of podmgr's D-Bus code: talking to systemd's manager over jeepney.
+
+Why jeepney: pure Python, blocking, file-descriptor passing, maintained, and cheap to
+import (see DEVELOPERS.md). Every call goes through :meth:`Systemd.call`, which keeps the
+bus error's name in the raised :class:`BusError`.
+
+Transient units are described as a plain mapping from property name to value. Values
+are encoded with systemd's exact D-Bus signatures from :data:`PROPERTY_SIGNATURES`; a
+property that is not in the table can be given as a :class:`Variant` to spell its
+signature explicitly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from jeepney import DBusAddress, HeaderFields, MatchRule, MessageType, message_bus, new_method_call
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+
+from podmgr.errors import SystemdError
+
+log = logging.getLogger(__name__)
+
+SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+
+#: Seconds to wait for a reply to one method call.
+CALL_TIMEOUT = 30.0
+
+
+class Variant(NamedTuple):
+    """A value with an explicit D-Bus signature."""
+
+    signature: str
+    value: Any
+
+
+#: One ExecStart-style command: (path, argv, ignore_failure).
+ExecCommand = tuple[str, list[str], bool]
+
+# Signatures as systemd declares them (see org.freedesktop.systemd1(5)).
+_S, _B, _T, _I, _U, _AS = "s", "b", "t", "i", "u", "as"
+_EXEC = "a(sasb)"
+PROPERTY_SIGNATURES: dict[str, str] = {
+    # [Unit]
+    "Description": _S, "Documentation": _AS, "SourcePath": _S,
+    "Requires": _AS, "Requisite": _AS, "Wants": _AS, "BindsTo": _AS, "PartOf": _AS,
+    "Upholds": _AS, "Conflicts": _AS, "Before": _AS, "After": _AS, "OnFailure": _AS,
+    "OnSuccess": _AS, "PropagatesStopTo": _AS, "StopPropagatedFrom": _AS,
+    "RequiresMountsFor": _AS, "DefaultDependencies": _B, "StopWhenUnneeded": _B,
+    "RefuseManualStart": _B, "RefuseManualStop": _B, "CollectMode": _S, "AddRef": _B,
+    "JobTimeoutUSec": _T, "SuccessAction": _S, "FailureAction": _S,
+    "SuccessActionExitStatus": _I, "FailureActionExitStatus": _I,
+    "StartLimitIntervalUSec": _T, "StartLimitBurst": _U, "Markers": _AS,
+    # [Service]
+    "Type": _S, "ExitType": _S, "RemainAfterExit": _B, "GuessMainPID": _B, "PIDFile": _S,
+    "BusName": _S, "ExecCondition": _EXEC, "ExecStartPre": _EXEC, "ExecStart": _EXEC,
+    "ExecStartPost": _EXEC, "ExecReload": _EXEC, "ExecStop": _EXEC, "ExecStopPost": _EXEC,
+    "Restart": _S, "RestartUSec": _T, "RestartPreventExitStatus": "(aiai)",
+    "RestartForceExitStatus": "(aiai)", "SuccessExitStatus": "(aiai)",
+    "TimeoutStartUSec": _T, "TimeoutStopUSec": _T, "TimeoutAbortUSec": _T,
+    "RuntimeMaxUSec": _T, "WatchdogUSec": _T, "NotifyAccess": _S, "FileDescriptorStoreMax": _U,
+    "OOMPolicy": _S, "Sockets": _AS,
+    # [Scope]
+    "PIDs": "au",
+    # [Mount]
+    "What": _S, "Where": _S, "Options": _S, "SloppyOptions": _B, "LazyUnmount": _B,
+    "ForceUnmount": _B, "ReadWriteOnly": _B, "DirectoryMode": _U, "TimeoutUSec": _T,
+    # [Socket]
+    "Listen": "a(ss)", "Accept": _B, "Service": _S, "FileDescriptorName": _S,
+    "SocketMode": _U, "ReusePort": _B, "FreeBind": _B, "Transparent": _B,
+    # Kill
+    "KillMode": _S, "KillSignal": _I, "RestartKillSignal": _I, "FinalKillSignal": _I,
+    "SendSIGKILL": _B, "SendSIGHUP": _B, "WatchdogSignal": _I,
+    # Exec
+    "WorkingDirectory": _S, "RootDirectory": _S, "RootImage": _S, "RootDirectoryStartOnly": _B,
+    "User": _S, "Group": _S, "DynamicUser": _B, "SupplementaryGroups": _AS, "PAMName": _S,
+    "Environment": _AS, "EnvironmentFiles": "a(sb)", "PassEnvironment": _AS,
+    "UnsetEnvironment": _AS, "UMask": _U, "Nice": _I, "OOMScoreAdjust": _I,
+    "IOSchedulingClass": _I, "IOSchedulingPriority": _I, "CPUSchedulingPolicy": _I,
+    "CPUSchedulingPriority": _I, "TimerSlackNSec": _T, "Personality": _S,
+    "LimitCPU": _T, "LimitFSIZE": _T, "LimitDATA": _T, "LimitSTACK": _T, "LimitCORE": _T,
+    "LimitRSS": _T, "LimitNOFILE": _T, "LimitAS": _T, "LimitNPROC": _T, "LimitMEMLOCK": _T,
+    "LimitLOCKS": _T, "LimitSIGPENDING": _T, "LimitMSGQUEUE": _T, "LimitNICE": _T,
+    "LimitRTPRIO": _T, "LimitRTTIME": _T,
+    "StandardInput": _S, "StandardOutput": _S, "StandardError": _S,
+    "StandardInputFileDescriptor": "h", "StandardOutputFileDescriptor": "h",
+    "StandardErrorFileDescriptor": "h", "StandardInputText": _S, "StandardInputData": "ay",
+    "TTYPath": _S, "TTYReset": _B, "TTYVHangup": _B, "TTYVTDisallocate": _B,
+    "SyslogIdentifier": _S, "SyslogLevel": _I, "SyslogFacility": _I, "SyslogLevelPrefix": _B,
+    "LogLevelMax": _I, "LogExtraFields": "aay", "LogNamespace": _S,
+    "CapabilityBoundingSet": _T, "AmbientCapabilities": _T, "SecureBits": _I,
+    "NoNewPrivileges": _B, "SystemCallFilter": "(bas)", "SystemCallErrorNumber": _I,
+    "SystemCallArchitectures": _AS, "SystemCallLog": "(bas)", "RestrictAddressFamilies": "(bas)",
+    "RestrictNamespaces": _T, "LockPersonality": _B, "MemoryDenyWriteExecute": _B,
+    "RestrictRealtime": _B, "RestrictSUIDSGID": _B, "KeyringMode": _S,
+    "ProtectSystem": _S, "ProtectHome": _S, "PrivateTmp": _B, "PrivateDevices": _B,
+    "PrivateNetwork": _B, "PrivateIPC": _B, "PrivateUsers": _B, "PrivateMounts": _B,
+    "ProtectKernelTunables": _B, "ProtectKernelModules": _B, "ProtectKernelLogs": _B,
+    "ProtectControlGroups": _B, "ProtectClock": _B, "ProtectHostname": _B,
+    "ProtectProc": _S, "ProcSubset": _S, "MountAPIVFS": _B, "MountFlags": _T,
+    "NetworkNamespacePath": _S, "IPCNamespacePath": _S, "JoinsNamespaceOf": _AS,
+    "ReadWritePaths": _AS, "ReadOnlyPaths": _AS, "InaccessiblePaths": _AS,
+    "ExecPaths": _AS, "NoExecPaths": _AS,
+    "BindPaths": "a(ssbt)", "BindReadOnlyPaths": "a(ssbt)", "TemporaryFileSystem": "a(ss)",
+    "MountImages": "a(ssba(ss))", "RuntimeDirectory": _AS, "StateDirectory": _AS,
+    "RuntimeDirectoryMode": _U, "RuntimeDirectoryPreserve": _S,
+    "SetCredential": "a(say)", "LoadCredential": "a(ss)", "UtmpIdentifier": _S,
+    "IgnoreSIGPIPE": _B,
+    # Cgroup
+    "Slice": _S, "Delegate": _B, "DelegateControllers": _AS,
+    "CPUAccounting": _B, "CPUWeight": _T, "StartupCPUWeight": _T, "CPUShares": _T,
+    "StartupCPUShares": _T, "CPUQuotaPerSecUSec": _T, "CPUQuotaPeriodUSec": _T,
+    "AllowedCPUs": "ay", "AllowedMemoryNodes": "ay",
+    "MemoryAccounting": _B, "MemoryMin": _T, "MemoryLow": _T, "MemoryHigh": _T,
+    "MemoryMax": _T, "MemorySwapMax": _T, "MemoryLimit": _T,
+    "TasksAccounting": _B, "TasksMax": _T, "IOAccounting": _B, "IOWeight": _T,
+    "BlockIOAccounting": _B, "BlockIOWeight": _T,
+    "DevicePolicy": _S, "DeviceAllow": "a(ss)", "IPAccounting": _B,
+    "ManagedOOMSwap": _S, "ManagedOOMMemoryPressure": _S,
+}
+
+
+def encode_property(name: str, value: Any) -> tuple[str, tuple[str, Any]]:
+    """One ``(sv)`` entry for StartTransientUnit."""
+    if isinstance(value, Variant):
+        return (name, (value.signature, value.value))
+    try:
+        sig = PROPERTY_SIGNATURES[name]
+    except KeyError:
+        raise SystemdError(
+            f"unknown unit property {name!r}", hint="pass it as a Variant with its signature"
+        ) from None
+    if sig == "aay":
+        value = [v.encode() if isinstance(v, str) else bytes(v) for v in value]
+    return (name, (sig, value))
+
+
+def encode_properties(props: Mapping[str, Any]) -> list[tuple[str, tuple[str, Any]]]:
+    return [encode_property(k, v) for k, v in props.items()]
+
+
+def unit_path(unit: str) -> str:
+    """The object path of a unit, escaped as systemd does (bus_label_escape)."""
+    out = []
+    for ch in unit.encode():
+        c = chr(ch)
+        out.append(c if c.isascii() and c.isalnum() else f"_{ch:02x}")
+    return f"{MANAGER_PATH}/unit/{''.join(out) or '_'}"
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+class BusError(SystemdError):
+    """An error reply from the bus; ``name`` is the D-Bus error name."""
+
+
+class NoSuchUnitError(BusError):
+    pass
+
+
+class UnitExistsError(BusError):
+    pass
+
+
+class InvalidArgsError(BusError):
+    pass
+
+
+class AccessDeniedError(BusError):
+    pass
+
+
+class JobFailedError(SystemdError):
+    """A job finished with a result other than ``done``."""
+
+    def __init__(self, message: str, *, unit: str, result: str) -> None:
+        super().__init__(message, name=None)
+        self.unit = unit
+        self.result = result
+
+
+_ERRORS: dict[str, type[BusError]] = {
+    "org.freedesktop.systemd1.NoSuchUnit": NoSuchUnitError,
+    "org.freedesktop.systemd1.UnitExists": UnitExistsError,
+    "org.freedesktop.DBus.Error.InvalidArgs": InvalidArgsError,
+    "org.freedesktop.DBus.Error.AccessDenied": AccessDeniedError,
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": AccessDeniedError,
+}
+
+
+def _bus_error(name: str, text: str, what: str) -> BusError:
+    cls = _ERRORS.get(name, BusError)
+    hint = None
+    if cls is AccessDeniedError:
+        hint = "podmgr needs root (or a polkit rule) to manage systemd units"
+    return cls(f"{what}: {text} ({name})", name=name, hint=hint)
+
+
+# ---- results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """One row of ListUnits."""
+
+    name: str
+    description: str
+    load_state: str
+    active_state: str
+    sub_state: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    unit: str
+    job: str
+    result: str
+
+
+#: Properties read for a unit's status (Unit and Service interfaces).
+STATUS_PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode",
+    "ExecMainStatus", "ExecMainPID", "NRestarts", "ActiveEnterTimestamp",
+    "ActiveExitTimestamp", "InactiveEnterTimestamp", "ExecMainStartTimestamp",
+    "ExecMainExitTimestamp", "MemoryCurrent", "CPUUsageNSec", "TasksCurrent", "ControlGroup",
+)
+
+
+class Systemd:
+    """A connection to systemd's manager on a bus.
+
+    Use :func:`connect`; close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, conn: DBusConnection, address: str) -> None:
+        self.conn = conn
+        self.address = address
+        self._subscribed = False
+        self._manager = DBusAddress(MANAGER_PATH, bus_name=SYSTEMD_BUS_NAME, interface=MANAGER_IFACE)
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- the one call helper ------------------------------------------------------------
+
+    def call(
+        self,
+        address: DBusAddress,
+        method: str,
+        signature: str | None = None,
+        body: tuple[Any, ...] = (),
+        *,
+        timeout: float = CALL_TIMEOUT,
+    ) -> tuple[Any, ...]:
+        """Call a method and return the reply's body; raise BusError on an error reply."""
+        log.debug("bus: %s.%s%s", address.interface, method, _short(body))
+        msg = new_method_call(address, method, signature, body)
+        try:
+            reply = self.conn.send_and_get_reply(msg, timeout=timeout)
+        except TimeoutError as e:
+            raise SystemdError(
+                f"{method}: no reply from systemd within {timeout:.0f} s",
+                hint="is systemd running and responsive?",
+            ) from e
+        if reply.header.message_type == MessageType.error:
+            name = reply.header.fields.get(HeaderFields.error_name, "unknown")
+            text = reply.body[0] if reply.body else ""
+            raise _bus_error(name, text, method)
+        return tuple(reply.body)
+
+    def manager_call(self, method: str, signature: str | None = None, *body: Any) -> Any:
+        out = self.call(self._manager, method, signature, tuple(body))
+        return out[0] if len(out) == 1 else out
+
+    # -- properties ---------------------------------------------------------------------
+
+    def get_property(self, path: str, interface: str, name: str) -> Any:
+        addr = DBusAddress(path, bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
+        ((_sig, value),) = self.call(addr, "Get", "ss", (interface, name))
+        return value
+
+    def get_all(self, path: str, interface: str = "") -> dict[str, Any]:
+        addr = DBusAddress(path, bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
+        (props,) = self.call(addr, "GetAll", "s", (interface,))
+        return {k: v for k, (_sig, v) in props.items()}
+
+    def version(self) -> str:
+        return str(self.get_property(MANAGER_PATH, MANAGER_IFACE, "Version"))
+
+    def unit_properties(
+        self, unit: str, names: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Properties of a unit, from the Unit interface and (for services) Service.
+
+        A unit systemd does not know reads as ``LoadState=not-found``.
+        """
+        path = unit_path(unit)
+        props = self.get_all(path, UNIT_IFACE)
+        if unit.endswith(".service"):
+            props.update(self.get_all(path, SERVICE_IFACE))
+        elif unit.endswith((".slice", ".scope", ".mount", ".socket")):
+            iface = "org.freedesktop.systemd1." + unit.rsplit(".", 1)[1].capitalize()
+            props.update(self.get_all(path, iface))
+        if names is not None:
+            wanted = set(names)
+            props = {k: v for k, v in props.items() if k in wanted}
+        return props
+
+    def unit_status(self, unit: str) -> dict[str, Any]:
+        return self.unit_properties(unit, STATUS_PROPERTIES)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Ask systemd to send its signals (JobRemoved, PropertiesChanged) to us."""
+        if not self._subscribed:
+            self.manager_call("Subscribe")
+            self._subscribed = True
+
+    def _add_match(self, rule: MatchRule) -> None:
+        self.call(message_bus, "AddMatch", "s", (rule.serialise(),))
+
+    def _job_removed_rule(self) -> MatchRule:
+        return MatchRule(
+            type="signal", interface=MANAGER_IFACE, member="JobRemoved", path=MANAGER_PATH
+        )
+
+    def run_job(
+        self,
+        method: str,
+        signature: str,
+        *body: Any,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> JobResult:
+        """Call a job-returning manager method and wait for the job's JobRemoved.
+
+        The signal is matched *before* the call, so a job that finishes before the
+        reply arrives is not missed. Raises JobFailedError unless the result is ``done``.
+        """
+        unit = str(body[0])
+        if not wait:
+            job = self.manager_call(method, signature, *body)
+            return JobResult(unit=unit, job=str(job), result="queued")
+        self.subscribe()
+        rule = self._job_removed_rule()
+        self._add_match(rule)
+        queue: collections.deque[Any] = collections.deque()
+        with self.conn.filter(rule, queue=queue):
+            job = str(self.manager_call(method, signature, *body))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                while not queue:
+                    try:
+                        self.conn.recv_until_filtered(queue, timeout=left)
+                    except TimeoutError as e:
+                        raise SystemdError(f"{method} {unit}: job {job} did not finish") from e
+                msg = queue.popleft()
+                _id, path, junit, result = msg.body
+                if path == job:
+                    break
+        log.debug("bus: job %s for %s: %s", job, junit, result)
+        if result != "done":
+            raise JobFailedError(
+                f"{method} {junit}: job {result}", unit=str(junit), result=str(result)
+            )
+        return JobResult(unit=str(junit), job=job, result=str(result))
+
+    # -- units --------------------------------------------------------------------------
+
+    def start_transient_unit(
+        self,
+        name: str,
+        properties: Mapping[str, Any],
+        aux: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        mode: str = "fail",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> JobResult:
+        """Create and start a transient unit (plus auxiliary units) in one call."""
+        aux_encoded = [(aname, encode_properties(aprops)) for aname, aprops in aux]
+        return self.run_job(
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            name,
+            mode,
+            encode_properties(properties),
+            aux_encoded,
+            wait=wait,
+            timeout=timeout,
+        )
+
+    def start_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:
+        return self.run_job("StartUnit", "ss", name, mode, wait=wait)
+
+    def stop_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:
+        return self.run_job("StopUnit", "ss", name, mode, wait=wait)
+
+    def kill_unit(self, name: str, signal: int, *, who: str = "all") -> None:
+        self.manager_call("KillUnit", "ssi", name, who, signal)
+
+    def reset_failed_unit(self, name: str) -> None:
+        self.manager_call("ResetFailedUnit", "s", name)
+
+    def reload(self) -> None:
+        """daemon-reload; waits until the manager has reloaded."""
+        self.manager_call("Reload")
+
+    def list_units(
+        self, patterns: Sequence[str] = (), states: Sequence[str] = ()
+    ) -> list[UnitInfo]:
+        """Loaded units whose names match any of the shell-style patterns."""
+        rows = self.manager_call("ListUnitsByPatterns", "asas", list(states), list(patterns))
+        return [UnitInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def wait_for_state(
+        self,
+        unit: str,
+        done: Iterable[str] = ("inactive", "failed"),
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Block until the unit's ActiveState is one of ``done``; return its status.
+
+        Matches PropertiesChanged on the unit before reading the state, so no
+        transition is missed.
+        """
+        wanted = set(done)
+        path = unit_path(unit)
+        self.subscribe()
+        rule = MatchRule(
+            type="signal", interface=PROPS_IFACE, member="PropertiesChanged", path=path
+        )
+        self._add_match(rule)
+        queue: collections.deque[Any] = collections.deque()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.conn.filter(rule, queue=queue):
+            while True:
+                status = self.unit_status(unit)
+                if status.get("ActiveState") in wanted:
+                    return status
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    self.conn.recv_until_filtered(queue, timeout=left)
+                except TimeoutError as e:
+                    raise SystemdError(f"{unit} did not reach {sorted(wanted)} in time") from e
+                queue.clear()
+
+
+def connect(address: str | None = None) -> Systemd:
+    """Connect to systemd on the system bus, or on an explicit bus address."""
+    bus = address or "SYSTEM"
+    try:
+        conn = open_dbus_connection(bus=bus, enable_fds=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemdError(
+            f"cannot connect to the bus at {address or 'the system bus'}: {e}",
+            hint="is systemd (and dbus) running on this host?",
+        ) from e
+    return Systemd(conn, address or "system")
+
+
+def _short(body: tuple[Any, ...]) -> str:
+    text = repr(body)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def iter_exec(commands: Iterable[Sequence[str]], *, ignore_failure: bool = False) -> Iterator[
+    ExecCommand
+]:
+    """ExecStart-style entries from argv lists (the path is argv[0])."""
+    for argv in commands:
+        yield (argv[0], list(argv), ignore_failure)
