@@ -1,0 +1,306 @@
+"""podmgr.trust: signature verification and the trust store, with real gpg and gpgv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_trust_keys import Keys, keys, write_key
+
+from podmgr.errors import ExitCode, InvalidError, NotFoundError
+from podmgr.trust import (
+    Reason,
+    TrustStore,
+    UntrustedError,
+    escape_prefix,
+    inspect_key,
+    prefix_matches,
+    verify,
+)
+
+__all__ = ["keys"]  # the session fixture, imported so that pytest finds it here
+
+NAME = "example.com/app"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrustStore:
+    return TrustStore(tmp_path / "etc", tmp_path / "vendor")
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    p = tmp_path / "app-1.0.0.aci"
+    p.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 64)
+    return p
+
+
+def refusal(image: Path, sig: Path | None, name: str, store: TrustStore) -> UntrustedError:
+    with pytest.raises(UntrustedError) as e:
+        verify(image, sig, name, store=store)
+    err = e.value
+    assert err.exit_code == ExitCode.FAILURE
+    assert name in err.message
+    assert "\n" not in err.message
+    return err
+
+
+# -- prefixes
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name", "match"),
+    [
+        ("example.com/app", "example.com/app", True),
+        ("example.com/app", "example.com/app/worker", True),
+        ("example.com/app", "example.com/apple", False),
+        ("example.com", "example.com/apple", True),
+        ("example.com", "example.community/x", False),
+    ],
+)
+def test_prefix_matches_on_a_path_boundary(prefix: str, name: str, match: bool) -> None:
+    assert prefix_matches(prefix, name) is match
+
+
+def test_prefix_escape_is_rkts() -> None:
+    assert escape_prefix("example.com/app/") == "example.com,app"
+    with pytest.raises(InvalidError):
+        escape_prefix("Example.com/../x")
+
+
+# -- accepted signatures
+
+
+@pytest.mark.parametrize("signer", ["ed", "rsa"])
+def test_root_key_verifies_any_name(
+    keys: Keys, store: TrustStore, image: Path, signer: str
+) -> None:
+    store.add(keys.public(signer), None)
+    v = verify(image, keys.sign(signer, image), NAME, store=store)
+    assert v.fingerprint == keys.fpr[signer]
+    assert v.signing_fingerprint == keys.fpr[signer]
+    assert v.uids == [f"{signer} <{signer}@example.com>"]
+
+
+@pytest.mark.parametrize("name", ["example.com/app", "example.com/app/worker"])
+def test_prefix_key_verifies_names_under_it(
+    keys: Keys, store: TrustStore, image: Path, name: str
+) -> None:
+    added = store.add(keys.public("ed"), "example.com/app")
+    assert added.path == store.admin_dir / "prefix.d" / "example.com,app" / keys.fpr["ed"]
+    assert verify(image, keys.sign("ed", image), name, store=store).fingerprint == keys.fpr["ed"]
+
+
+def test_signing_subkey_is_trusted_through_its_primary(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    store.add(keys.public("sub"), NAME)
+    v = verify(image, keys.sign("sub", image), NAME, store=store)
+    assert v.fingerprint == keys.fpr["sub"]
+    assert v.signing_fingerprint == keys.subkey["sub"]
+
+
+def test_vendor_key_is_trusted(keys: Keys, store: TrustStore, image: Path) -> None:
+    assert store.vendor_dir is not None
+    write_key(store.vendor_dir, keys, "vendor", NAME)
+    v = verify(image, keys.sign("vendor", image), NAME, store=store)
+    assert v.fingerprint == keys.fpr["vendor"]
+
+
+# -- refusals, each naming its reason
+
+
+def test_missing_signature(keys: Keys, store: TrustStore, image: Path) -> None:
+    store.add(keys.public("ed"), None)
+    for sig in (None, image.with_suffix(".asc")):
+        err = refusal(image, sig, NAME, store)
+        assert err.reason is Reason.MISSING
+        assert "no signature" in err.message
+
+
+def test_tampered_image_is_a_bad_signature(keys: Keys, store: TrustStore, image: Path) -> None:
+    store.add(keys.public("ed"), None)
+    sig = keys.sign("ed", image)
+    image.write_bytes(image.read_bytes()[:-1] + b"X")
+    err = refusal(image, sig, NAME, store)
+    assert err.reason is Reason.BAD_SIGNATURE
+    assert "bad signature" in err.message
+
+
+def test_signature_of_another_file_is_a_bad_signature(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path
+) -> None:
+    store.add(keys.public("rsa"), None)
+    other = tmp_path / "other.aci"
+    other.write_bytes(b"another image")
+    err = refusal(image, keys.sign("rsa", other), NAME, store)
+    assert err.reason is Reason.BAD_SIGNATURE
+
+
+def test_untrusted_key_is_named_with_a_hint(keys: Keys, store: TrustStore, image: Path) -> None:
+    store.add(keys.public("ed"), None)
+    err = refusal(image, keys.sign("other", image), NAME, store)
+    assert err.reason is Reason.UNTRUSTED_KEY
+    assert keys.fpr["other"] in err.message
+    assert err.fingerprint == keys.fpr["other"]
+    assert err.hint is not None and f"podmgr trust --prefix {NAME}" in err.hint
+
+
+def test_empty_store_refuses(keys: Keys, store: TrustStore, image: Path) -> None:
+    err = refusal(image, keys.sign("ed", image), NAME, store)
+    assert err.reason is Reason.UNTRUSTED_KEY
+
+
+def test_key_for_another_prefix_is_refused(keys: Keys, store: TrustStore, image: Path) -> None:
+    store.add(keys.public("ed"), "example.com/app")
+    err = refusal(image, keys.sign("ed", image), "example.com/apple", store)
+    assert err.reason is Reason.OTHER_PREFIX
+    assert keys.fpr["ed"] in err.message
+    assert "trusted only for prefix example.com/app," in err.message
+
+
+def test_subkey_for_another_prefix_names_the_primary(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    store.add(keys.public("sub"), "example.org")
+    err = refusal(image, keys.sign("sub", image), NAME, store)
+    assert err.reason is Reason.OTHER_PREFIX
+    assert err.fingerprint == keys.fpr["sub"]
+
+
+def test_expired_key(keys: Keys, store: TrustStore, image: Path) -> None:
+    write_key(store.admin_dir, keys, "expired")
+    err = refusal(image, keys.sign("expired", image), NAME, store)
+    assert err.reason is Reason.EXPIRED
+    assert f"expired key {keys.fpr['expired']}" in err.message
+
+
+def test_revoked_key(keys: Keys, store: TrustStore, image: Path) -> None:
+    # Trusted before the revocation; the store now holds the updated (revoked) key.
+    write_key(store.admin_dir, keys, "revoked", NAME)
+    err = refusal(image, keys.sign("revoked", image), NAME, store)
+    assert err.reason is Reason.REVOKED
+    assert f"revoked key {keys.fpr['revoked']}" in err.message
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "checksum", "binary"])
+def test_malformed_armour(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path, damage: str
+) -> None:
+    store.add(keys.public("ed"), None)
+    sig = keys.sign("ed", image)
+    text = sig.read_bytes()
+    bad = tmp_path / "bad.asc"
+    if damage == "garbage":
+        bad.write_bytes(b"not a signature\n")
+    elif damage == "truncated":
+        bad.write_bytes(text[: len(text) // 2])
+    elif damage == "checksum":
+        lines = text.splitlines(keepends=True)
+        body = next(i for i, line in enumerate(lines) if line.startswith(b"iH") or i > 2)
+        line = bytearray(lines[body])
+        line[4] = ord("A") if line[4] != ord("A") else ord("B")
+        lines[body] = bytes(line)
+        bad.write_bytes(b"".join(lines))
+    else:
+        sig_bin = tmp_path / "bin.sig"
+        keys.gpg("--detach-sign", "-u", keys.fpr["ed"], "-o", str(sig_bin), str(image))
+        bad = sig_bin
+    err = refusal(image, bad, NAME, store)
+    assert err.reason is Reason.MALFORMED
+    assert "malformed signature" in err.message
+
+
+def test_masked_vendor_key_is_refused(keys: Keys, store: TrustStore, image: Path) -> None:
+    assert store.vendor_dir is not None
+    path = write_key(store.vendor_dir, keys, "vendor", NAME)
+    mask = store.admin_dir / path.relative_to(store.vendor_dir)
+    mask.parent.mkdir(parents=True)
+    mask.touch()
+    assert store.keys_for(NAME) == []
+    err = refusal(image, keys.sign("vendor", image), NAME, store)
+    assert err.reason is Reason.UNTRUSTED_KEY
+    assert "masked" in err.message
+
+
+def test_broken_store_file_does_not_block_other_keys(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    store.add(keys.public("ed"), None)
+    broken = store.admin_dir / "root.d" / keys.fpr["other"]
+    broken.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n")
+    assert verify(image, keys.sign("ed", image), NAME, store=store).fingerprint == keys.fpr["ed"]
+
+
+# -- the store
+
+
+def test_add_stores_armour_named_by_fingerprint(keys: Keys, store: TrustStore) -> None:
+    k = store.add(keys.public("rsa", armor=False), None)
+    assert k.path == store.admin_dir / "root.d" / keys.fpr["rsa"]
+    assert k.path.read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert k.uids == ["rsa <rsa@example.com>"]
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("two", "holds 2 keys"),
+        ("secret", "secret key"),
+        ("nothing", "no OpenPGP public key"),
+        ("revoked", "is revoked"),
+        ("expired", "has expired"),
+    ],
+)
+def test_add_refuses_bad_key_files(keys: Keys, store: TrustStore, what: str, message: str) -> None:
+    data = {
+        "two": lambda: keys.public("ed") + keys.public("rsa"),
+        "secret": lambda: keys.secret("ed"),
+        "nothing": lambda: b"hello\n",
+        "revoked": lambda: keys.public("revoked"),
+        "expired": lambda: keys.public("expired"),
+    }[what]()
+    with pytest.raises(InvalidError, match=message):
+        store.add(data, None)
+    assert not store.admin_dir.exists() or not any(store.admin_dir.rglob("*/*"))
+
+
+def test_inspect_key_lists_uids_and_subkeys(keys: Keys) -> None:
+    info, armored = inspect_key(keys.public("sub"))
+    assert info.fingerprint == keys.fpr["sub"]
+    assert info.subkeys == [keys.subkey["sub"]]
+    assert info.uids == ["sub <sub@example.com>"]
+    assert "PRIVATE" not in armored
+
+
+def test_list_and_remove(keys: Keys, store: TrustStore) -> None:
+    assert store.vendor_dir is not None
+    store.add(keys.public("ed"), None)
+    store.add(keys.public("rsa"), "example.com/app")
+    write_key(store.vendor_dir, keys, "vendor", "example.org")
+    listed = {(k.fingerprint, k.prefix, k.origin) for k in store.list().keys}
+    assert listed == {
+        (keys.fpr["ed"], None, "admin"),
+        (keys.fpr["rsa"], "example.com/app", "admin"),
+        (keys.fpr["vendor"], "example.org", "vendor"),
+    }
+    assert "ed <ed@example.com>" in store.list().text()
+
+    change = store.remove(keys.fpr["rsa"].lower())
+    assert [k.fingerprint for k in change.removed] == [keys.fpr["rsa"]]
+    change = store.remove(keys.fpr["vendor"])
+    assert [k.fingerprint for k in change.masked] == [keys.fpr["vendor"]]
+    mask = store.admin_dir / "prefix.d" / "example.org" / keys.fpr["vendor"]
+    assert mask.stat().st_size == 0
+    assert {k.fingerprint for k in store.list().keys} == {keys.fpr["ed"]}
+    with pytest.raises(NotFoundError):
+        store.remove(keys.fpr["vendor"])
+
+
+def test_adding_a_masked_vendor_key_unmasks_it(keys: Keys, store: TrustStore) -> None:
+    assert store.vendor_dir is not None
+    write_key(store.vendor_dir, keys, "vendor")
+    store.remove(keys.fpr["vendor"])
+    assert store.keys_for(NAME) == []
+    store.add(keys.public("vendor"), None)
+    assert [k.origin for k in store.keys_for(NAME)] == ["admin"]
