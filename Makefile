@@ -9,7 +9,7 @@ PYTEST ?= $(PYTHON) -m pytest
 test: lint unit test-host test-system
 
 install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 
 lint:
 	$(PYTHON) -m ruff check podmgr tests bench

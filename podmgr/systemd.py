@@ -50,6 +50,7 @@ ExecCommand = tuple[str, list[str], bool]
 # Signatures as systemd declares them (see org.freedesktop.systemd1(5)).
 _S, _B, _T, _I, _U, _AS = "s", "b", "t", "i", "u", "as"
 _EXEC = "a(sasb)"
+# fmt: off
 PROPERTY_SIGNATURES: dict[str, str] = {
     # [Unit]
     "Description": _S, "Documentation": _AS, "SourcePath": _S,
@@ -128,6 +129,7 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "DevicePolicy": _S, "DeviceAllow": "a(ss)", "IPAccounting": _B,
     "ManagedOOMSwap": _S, "ManagedOOMMemoryPressure": _S,
 }
+# fmt: on
 
 
 def encode_property(name: str, value: Any) -> tuple[str, tuple[str, Any]]:
@@ -229,12 +231,14 @@ class JobResult:
 
 
 #: Properties read for a unit's status (Unit and Service interfaces).
+# fmt: off
 STATUS_PROPERTIES = (
     "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode",
     "ExecMainStatus", "ExecMainPID", "NRestarts", "ActiveEnterTimestamp",
     "ActiveExitTimestamp", "InactiveEnterTimestamp", "ExecMainStartTimestamp",
     "ExecMainExitTimestamp", "MemoryCurrent", "CPUUsageNSec", "TasksCurrent", "ControlGroup",
 )
+# fmt: on
 
 
 class Systemd:
@@ -247,7 +251,9 @@ class Systemd:
         self.conn = conn
         self.address = address
         self._subscribed = False
-        self._manager = DBusAddress(MANAGER_PATH, bus_name=SYSTEMD_BUS_NAME, interface=MANAGER_IFACE)
+        self._manager = DBusAddress(
+            MANAGER_PATH, bus_name=SYSTEMD_BUS_NAME, interface=MANAGER_IFACE
+        )
 
     def __enter__(self) -> Systemd:
         return self
@@ -304,9 +310,7 @@ class Systemd:
     def version(self) -> str:
         return str(self.get_property(MANAGER_PATH, MANAGER_IFACE, "Version"))
 
-    def unit_properties(
-        self, unit: str, names: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    def unit_properties(self, unit: str, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Properties of a unit, from the Unit interface and (for services) Service.
 
         A unit systemd does not know reads as ``LoadState=not-found``.
@@ -368,12 +372,12 @@ class Systemd:
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                while not queue:
-                    try:
-                        self.conn.recv_until_filtered(queue, timeout=left)
-                    except TimeoutError as e:
-                        raise SystemdError(f"{method} {unit}: job {job} did not finish") from e
-                msg = queue.popleft()
+                try:
+                    # recv_until_filtered pops what it returns; it returns at once
+                    # when a signal is already queued.
+                    msg = self.conn.recv_until_filtered(queue, timeout=left)
+                except TimeoutError as e:
+                    raise SystemdError(f"{method} {unit}: job {job} did not finish") from e
                 _id, path, junit, result = msg.body
                 if path == job:
                     break
@@ -484,9 +488,9 @@ def _short(body: tuple[Any, ...]) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-def iter_exec(commands: Iterable[Sequence[str]], *, ignore_failure: bool = False) -> Iterator[
-    ExecCommand
-]:
+def iter_exec(
+    commands: Iterable[Sequence[str]], *, ignore_failure: bool = False
+) -> Iterator[ExecCommand]:
     """ExecStart-style entries from argv lists (the path is argv[0])."""
     for argv in commands:
         yield (argv[0], list(argv), ignore_failure)

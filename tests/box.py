@@ -45,14 +45,33 @@ REPO = Path(__file__).resolve().parent.parent
 CGROUP_NAME = "podmgr-box-{id}"
 
 MASK = [
-    "getty@.service", "getty@tty1.service", "serial-getty@.service", "console-getty.service",
-    "container-getty@.service", "getty.target", "postgresql.service", "postgresql@.service",
-    "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
-    "systemd-modules-load.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-    "man-db.timer", "e2scrub_all.timer", "e2scrub_reap.service", "dpkg-db-backup.timer",
-    "fstrim.timer", "systemd-timesyncd.service", "systemd-pstore.service", "docker.service",
-    "docker.socket", "containerd.service", "ssh.service", "cron.service",
-    "systemd-networkd-wait-online.service", "systemd-firstboot.service",
+    "getty@.service",
+    "getty@tty1.service",
+    "serial-getty@.service",
+    "console-getty.service",
+    "container-getty@.service",
+    "getty.target",
+    "postgresql.service",
+    "postgresql@.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "systemd-modules-load.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+    "systemd-timesyncd.service",
+    "systemd-pstore.service",
+    "docker.service",
+    "docker.socket",
+    "containerd.service",
+    "ssh.service",
+    "cron.service",
+    "systemd-networkd-wait-online.service",
+    "systemd-firstboot.service",
     "remote-fs.target",
 ]
 DEV_NODES = ["null", "zero", "full", "random", "urandom", "tty"]
@@ -158,8 +177,15 @@ def inner(box_id: str, lower: str, repo: str, staging: str) -> None:
     sh("mount", "-t", "tmpfs", "-o", "mode=0755", "box-layers", str(layers))
     (layers / "upper").mkdir()
     (layers / "work").mkdir()
-    sh("mount", "-t", "overlay", "box-root", "-o",
-       f"lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work", str(root))
+    sh(
+        "mount",
+        "-t",
+        "overlay",
+        "box-root",
+        "-o",
+        f"lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work",
+        str(root),
+    )
 
     def mnt(*args: str, target: str) -> None:
         t = root / target.lstrip("/")
@@ -170,23 +196,43 @@ def inner(box_id: str, lower: str, repo: str, staging: str) -> None:
     sh("mount", "--bind", str(root / "proc/sys"), str(root / "proc/sys"))
     sh("mount", "-o", "remount,bind,ro", str(root / "proc/sys"))
     mnt("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", target="/sys")
-    mnt("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev,noexec", "cgroup-root", target="/sys/fs/cgroup")
+    mnt(
+        "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev,noexec", "cgroup-root", target="/sys/fs/cgroup"
+    )
     for key, mountpoint, _own in hierarchies():
         name = mountpoint.name
         if key == "":
-            mnt("-t", "cgroup2", "-o", "nosuid,nodev,noexec", "cgroup2",
-                target=f"/sys/fs/cgroup/{name}")
+            mnt(
+                "-t",
+                "cgroup2",
+                "-o",
+                "nosuid,nodev,noexec",
+                "cgroup2",
+                target=f"/sys/fs/cgroup/{name}",
+            )
         else:
-            mnt("-t", "cgroup", "-o", f"nosuid,nodev,noexec,{key}", "cgroup",
-                target=f"/sys/fs/cgroup/{name}")
+            mnt(
+                "-t",
+                "cgroup",
+                "-o",
+                f"nosuid,nodev,noexec,{key}",
+                "cgroup",
+                target=f"/sys/fs/cgroup/{name}",
+            )
     # /dev: private, with just the nodes a container gets.
     dev = root / "dev"
     mnt("-t", "tmpfs", "-o", "mode=0755,nosuid,strictatime", "box-dev", target="/dev")
     for node in DEV_NODES:
         (dev / node).touch()
         sh("mount", "--bind", f"/dev/{node}", str(dev / node))
-    mnt("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5", "devpts",
-        target="/dev/pts")
+    mnt(
+        "-t",
+        "devpts",
+        "-o",
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        "devpts",
+        target="/dev/pts",
+    )
     os.symlink("pts/ptmx", dev / "ptmx")
     mnt("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "shm", target="/dev/shm")
     mnt("-t", "mqueue", "mqueue", target="/dev/mqueue")
@@ -270,12 +316,33 @@ def start(box_id: str, root: str | None = None, timeout: float = 120) -> int:
 
     console = open(d / "console.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net", "--cgroup",
-         "--propagation", "private", "--kill-child",
-         sys.executable, "-S", str(Path(__file__).resolve()), "_inner", box_id, lower,
-         str(REPO), str(d)],
-        stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-        preexec_fn=enter_cgroups, start_new_session=True, close_fds=True,
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "--kill-child",
+            sys.executable,
+            "-S",
+            str(Path(__file__).resolve()),
+            "_inner",
+            box_id,
+            lower,
+            str(REPO),
+            str(d),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        preexec_fn=enter_cgroups,
+        start_new_session=True,
+        close_fds=True,
     )
     console.close()
     (d / "pid").write_text(str(proc.pid))
@@ -289,7 +356,9 @@ def start(box_id: str, root: str | None = None, timeout: float = 120) -> int:
                 raise RuntimeError(f"systemd exited with {proc.returncode}")
             p = subprocess.run(
                 ["nsenter", "-t", str(pid), "-a", "systemctl", "is-system-running", "--wait"],
-                text=True, capture_output=True, timeout=max(1.0, deadline - time.monotonic()),
+                text=True,
+                capture_output=True,
+                timeout=max(1.0, deadline - time.monotonic()),
             )
             state = p.stdout.strip()
             if state in ("running", "degraded"):
@@ -300,7 +369,9 @@ def start(box_id: str, root: str | None = None, timeout: float = 120) -> int:
         if state == "degraded":
             failed = subprocess.run(
                 ["nsenter", "-t", str(pid), "-a", "systemctl", "--failed", "--no-legend"],
-                text=True, capture_output=True).stdout
+                text=True,
+                capture_output=True,
+            ).stdout
             log(f"{box_id}: degraded; failed units:\n{failed}")
         sh("nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up")
     except BaseException as e:
@@ -320,7 +391,9 @@ def exec_in(box_id: str, argv: Sequence[str], *, cwd: str | None = None) -> int:
     pid = pid1(box_id)
     env = dict(os.environ)
     env["PODMGR_BOX"] = box_id
-    cmd = ["nsenter", "-t", str(pid), "-a", f"--wd={cwd or os.getcwd()}", "--", *argv]
+    # nsenter's --wd opens the directory before entering the mount namespace, which
+    # leaves a cwd outside the box's root; change directory once inside instead.
+    cmd = ["nsenter", "-t", str(pid), "-a", "env", f"--chdir={cwd or os.getcwd()}", *argv]
     return subprocess.call(cmd, env=env)
 
 
@@ -335,8 +408,11 @@ def stop(box_id: str, timeout: float = 30) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(kids.read_text().split()[0])
         if pid is not None:
-            subprocess.run(["nsenter", "-t", str(pid), "-a", "systemctl", "poweroff",
-                            "--no-block"], capture_output=True, timeout=10)
+            subprocess.run(
+                ["nsenter", "-t", str(pid), "-a", "systemctl", "poweroff", "--no-block"],
+                capture_output=True,
+                timeout=10,
+            )
         deadline = time.monotonic() + timeout
         while _alive(outer) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -378,11 +454,13 @@ def snapshot() -> dict[str, list[str]]:
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
     )
     cgroups = sorted(
-        str(p) for _k, mnt, own in hierarchies()
+        str(p)
+        for _k, mnt, own in hierarchies()
         for p in (mnt / own.lstrip("/")).glob("podmgr-box-*")
     )
     procs = sorted(
-        f"{p.name}" for p in Path("/proc").iterdir()
+        f"{p.name}"
+        for p in Path("/proc").iterdir()
         if p.name.isdigit() and _cmd(p).startswith("/lib/systemd/systemd --system")
     )
     files = sorted(str(p) for p in STATE.glob("*")) if STATE.exists() else []
@@ -413,8 +491,9 @@ def booted(box_id: str, root: str | None = None) -> Iterator[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="box", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="box", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start")
     s.add_argument("id")

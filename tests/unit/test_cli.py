@@ -1,0 +1,56 @@
+"""The CLI's contract: exit codes, one-line errors, JSON documents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from podmgr.errors import ExitCode
+
+
+def podmgr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "podmgr", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands() -> None:
+    p = podmgr("--help")
+    assert p.returncode == 0
+    assert "version" in p.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    p = podmgr("frobnicate")
+    assert p.returncode == ExitCode.USAGE
+    assert "No such command" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_version_json_is_versioned() -> None:
+    p = podmgr("--bus", "unix:path=/nonexistent", "--format=json", "version")
+    doc = json.loads(p.stdout)
+    assert doc["version"] == 1 and doc["kind"] == "Versions"
+    assert doc["data"]["appc_spec"] == "0.8.11"
+    assert doc["data"]["systemd"] is None
+
+
+def test_command_level_format_option() -> None:
+    p = podmgr("--bus", "unix:path=/nonexistent", "version", "--format=json")
+    assert json.loads(p.stdout)["kind"] == "Versions"
+
+
+def test_podmgr_error_is_one_line_with_hint_and_exit_code() -> None:
+    code = (
+        "import sys; from podmgr.errors import NotFoundError\n"
+        "import podmgr.__main__ as m, podmgr.cli as c, click\n"
+        "@c.cli.command('boom')\n"
+        "def boom():\n"
+        "    raise NotFoundError('image example.com/x not found', hint='fetch it first')\n"
+        "m.main(['boom'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == ExitCode.NOT_FOUND
+    assert p.stderr.splitlines() == [
+        "podmgr: error: image example.com/x not found",
+        "podmgr: hint: fetch it first",
+    ]
