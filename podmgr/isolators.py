@@ -93,29 +93,34 @@ AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
 # ---------------------------------------------------------------------------------------
 # Quantities (ace.md "Resource Isolators")
 
-# ace.md: "quantities may either be unsuffixed, have metric suffices (E, P, T, G, M, K) or
-# binary (power-of-two) suffices (Ei, Pi, Ti, Gi, Mi, Ki) ... decimals (e.g., 0.3), or
-# using milli-units (e.g., "300m")". The text lists an upper-case K, so "1K" is valid here
-# although the reference implementation (Kubernetes' parser) rejects it; the lower-case SI
-# "k" that the reference implementation and Kubernetes tooling write is accepted as well.
-# Exponent forms ("1e3") and signs are not in the text's list and are refused.
-_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)(m|k|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# Quantities are Kubernetes resource quantities, as in the reference implementation (which
+# parses them with Kubernetes' own code) and as podmgr's users write them for Kubernetes:
+# unsuffixed, decimal SI suffixes k M G T P E, binary suffixes Ki Mi Gi Ti Pi Ei, and
+# milli-units ("300m"). ace.md's prose lists an upper-case "K" among the metric suffixes,
+# but no Kubernetes parser accepts "1K" and it is ambiguous between 1000 and 1024, so it
+# is refused with a hint naming both spellings. Exponent forms ("1e3") and signs are
+# refused too: they are not in ace.md's list.
+_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SUFFIX = {
     "": Decimal(1),
     "m": Decimal("0.001"),
     **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(["k", "M", "G", "T", "P", "E"])},
-    "K": Decimal(1000),
     **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])},
 }
 _QUANTITY_HINT = (
-    "use a number with an optional suffix: m (milli), k/K, M, G, T, P, E, "
+    "use a number with an optional suffix: m (milli), k, M, G, T, P, E, "
     "or a binary suffix such as Ki, Mi, Gi"
 )
 
 
 def parse_quantity(text: str) -> Decimal:
-    """The exact value of a quantity string ("1.5Gi", "250m", "1K"). Raises ValueError."""
+    """The exact value of a quantity string ("1.5Gi", "250m", "1k"). Raises ValueError."""
     m = _QUANTITY_RE.match(text)
+    if not m and re.fullmatch(r"\d+(?:\.\d+)?K", text):
+        raise ValueError(
+            f"quantity {text!r} is not valid: write {text[:-1]}k for 1000s "
+            f"or {text[:-1]}Ki for 1024s"
+        )
     if not m:
         raise ValueError(f"quantity {text!r} is not valid: {_QUANTITY_HINT}")
     try:
@@ -135,7 +140,7 @@ def _whole(text: str, scale: int, unit: str) -> int:
 
 
 def quantity_bytes(text: str) -> int:
-    """A byte (or count) quantity as an integer: "1Ki" -> 1024, "1K" -> 1000."""
+    """A byte (or count) quantity as an integer: "1Ki" -> 1024, "1k" -> 1000."""
     return _whole(text, 1, "bytes")
 
 

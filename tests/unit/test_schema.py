@@ -247,14 +247,19 @@ def test_quantity_not_whole_millicores(text: str) -> None:
         iso.quantity_millicores(text)
 
 
-def test_quantity_one_k_follows_the_text() -> None:
-    # ace.md lists "metric suffices (E, P, T, G, M, K)": 1K is a kilo, not an error.
+def test_quantity_upper_case_k_is_refused_with_both_spellings() -> None:
+    # Kubernetes quantities: "1K" is neither 1k (1000) nor 1Ki (1024); say so.
+    with pytest.raises(InvalidError) as ei:
+        schema.parse_image_manifest(
+            image(isolators=[{"name": "resource/memory", "value": {"limit": "1K"}}]))
+    assert "app.isolators[0].value.limit" in str(ei.value)
+    assert "write 1k for 1000s or 1Ki for 1024s" in str(ei.value)
     m = schema.parse_image_manifest(
-        image(isolators=[{"name": "resource/memory", "value": {"limit": "1K"}}]))
+        image(isolators=[{"name": "resource/memory", "value": {"limit": "1Ki"}}]))
     assert m.app is not None
     mem = m.app.isolators[0]
     assert isinstance(mem, iso.MemoryIsolator)
-    assert (mem.value.limit_bytes, mem.value.request_bytes) == (1000, 1000)
+    assert (mem.value.limit_bytes, mem.value.request_bytes) == (1024, 1024)
 
 
 # --- isolators -------------------------------------------------------------------------
