@@ -41,6 +41,7 @@ class Ctx:
 # `podmgr --help` need not import every command module.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "version": ("podmgr.cli.version", "version", "Show versions of podmgr, appc and systemd."),
+    "image": ("podmgr.cli.image", "image", "Build, inspect and manage App Container images."),
     "trust": ("podmgr.cli.trust", "trust", "Trust, list or remove image signing keys."),
 }
 
