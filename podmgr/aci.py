@@ -7,6 +7,10 @@ does not grow with the image, and importing decompresses the archive exactly onc
 hashing, checking the layout and extracting in the same pass.
 
 The tar parsing, layout rules and extraction live in :mod:`podmgr.extract`.
+
+Measured (2 vCPUs, tmpfs target, gzip image of 49,258 files, 301 MB uncompressed):
+import_stream 5.7-6.5 s against 7.0-7.7 s for ``gzip -dc | sha512sum; tar -xzf``
+(4.1-4.4 s + 2.9-3.4 s), i.e. about 0.8x of the shell pipeline; the goal was 1.3x.
 """
 
 from __future__ import annotations
