@@ -36,5 +36,13 @@ build/trixie-root/usr/lib/systemd/systemd:
 	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2 trixie build/trixie-root.tmp http://deb.debian.org/debian
 	mv build/trixie-root.tmp build/trixie-root
 
+## The Debian 13 package, build/deb/podmgr_*.deb, built in a copy of the trixie tree (lintian
+## errors fail it), then installed with apt into a fresh copy that boots in the box.
+.PHONY: deb deb-test
+deb: debian13-root
+	packaging/deb build
+deb-test: debian13-root
+	packaging/deb test
+
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
