@@ -50,6 +50,7 @@ ExecCommand = tuple[str, list[str], bool]
 # Signatures as systemd declares them (see org.freedesktop.systemd1(5)).
 _S, _B, _T, _I, _U, _AS = "s", "b", "t", "i", "u", "as"
 _EXEC = "a(sasb)"
+_EXEC_EX = "a(sasas)"
 # fmt: off
 PROPERTY_SIGNATURES: dict[str, str] = {
     # [Unit]
@@ -66,6 +67,9 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "Type": _S, "ExitType": _S, "RemainAfterExit": _B, "GuessMainPID": _B, "PIDFile": _S,
     "BusName": _S, "ExecCondition": _EXEC, "ExecStartPre": _EXEC, "ExecStart": _EXEC,
     "ExecStartPost": _EXEC, "ExecReload": _EXEC, "ExecStop": _EXEC, "ExecStopPost": _EXEC,
+    # The Ex variants carry flags ("privileged" is the "+" prefix, "ignore-failure" "-").
+    "ExecConditionEx": _EXEC_EX, "ExecStartPreEx": _EXEC_EX, "ExecStartEx": _EXEC_EX,
+    "ExecStartPostEx": _EXEC_EX, "ExecStopEx": _EXEC_EX, "ExecStopPostEx": _EXEC_EX,
     "Restart": _S, "RestartUSec": _T, "RestartPreventExitStatus": "(aiai)",
     "RestartForceExitStatus": "(aiai)", "SuccessExitStatus": "(aiai)",
     "TimeoutStartUSec": _T, "TimeoutStopUSec": _T, "TimeoutAbortUSec": _T,
@@ -411,6 +415,70 @@ class Systemd:
             aux_encoded,
             wait=wait,
             timeout=timeout,
+        )
+
+    def start_transient_units(
+        self,
+        units: Sequence[tuple[str, Mapping[str, Any], Sequence[tuple[str, Mapping[str, Any]]]]],
+        *,
+        mode: str = "fail",
+        timeout: float | None = None,
+    ) -> list[JobResult]:
+        """Submit several StartTransientUnit calls, then wait for all their jobs.
+
+        Units are submitted in order (a slice before the services that name it). If a
+        call fails, the units already submitted exist and are the caller's to clean up.
+        """
+        self.subscribe()
+        rule = self._job_removed_rule()
+        self._add_match(rule)
+        queue: collections.deque[Any] = collections.deque()
+        results: dict[str, JobResult] = {}
+        with self.conn.filter(rule, queue=queue):
+            jobs: dict[str, str] = {}
+            for name, props, aux in units:
+                aux_encoded = [(n, encode_properties(p)) for n, p in aux]
+                job = self.manager_call(
+                    "StartTransientUnit",
+                    "ssa(sv)a(sa(sv))",
+                    name,
+                    mode,
+                    encode_properties(props),
+                    aux_encoded,
+                )
+                jobs[str(job)] = name
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while len(results) < len(jobs):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    msg = self.conn.recv_until_filtered(queue, timeout=left)
+                except TimeoutError as e:
+                    raise SystemdError("start jobs did not finish in time") from e
+                _id, path, junit, result = msg.body
+                if path in jobs:
+                    results[path] = JobResult(unit=str(junit), job=str(path), result=str(result))
+        ordered = [results[j] for j in jobs]
+        for r in ordered:
+            if r.result != "done":
+                raise JobFailedError(
+                    f"starting {r.unit}: job {r.result}", unit=r.unit, result=r.result
+                )
+        return ordered
+
+    def register_machine(
+        self, name: str, uuid_hex: str, leader: int, root_directory: str, *, service: str
+    ) -> None:
+        """Register a running process tree with systemd-machined (``machinectl list``)."""
+        addr = DBusAddress(
+            "/org/freedesktop/machine1",
+            bus_name="org.freedesktop.machine1",
+            interface="org.freedesktop.machine1.Manager",
+        )
+        self.call(
+            addr,
+            "RegisterMachine",
+            "sayssus",
+            (name, bytes.fromhex(uuid_hex), service, "container", leader, root_directory),
         )
 
     def start_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:

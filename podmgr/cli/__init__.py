@@ -43,6 +43,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "version": ("podmgr.cli.version", "version", "Show versions of podmgr, appc and systemd."),
     "image": ("podmgr.cli.image", "image", "Build, inspect and manage App Container images."),
     "trust": ("podmgr.cli.trust", "trust", "Trust, list or remove image signing keys."),
+    "run": ("podmgr.cli.pod", "run", "Run a pod attached; exit with its exit code."),
+    "start": ("podmgr.cli.pod", "start", "Start a pod detached and print its UUID."),
+    "prepare": ("podmgr.cli.pod", "prepare", "Prepare a pod without starting it."),
+    "run-prepared": ("podmgr.cli.pod", "run_prepared", "Run a prepared pod."),
+    "status": ("podmgr.cli.pod", "status", "Show a pod's state, apps and exit codes."),
+    "list": ("podmgr.cli.pod", "list_", "List pods and their states."),
+    "stop": ("podmgr.cli.pod", "stop", "Stop running pods."),
+    "rm": ("podmgr.cli.pod", "rm", "Remove exited or prepared pods."),
+    "gc": ("podmgr.cli.pod", "gc", "Garbage-collect exited and expired pods."),
+    "logs": ("podmgr.cli.pod", "logs", "Show a pod's logs from the journal."),
+    "cat-manifest": ("podmgr.cli.pod", "cat_manifest", "Print a pod's reified manifest."),
+    "_app-exited": ("podmgr.cli.pod", "app_exited", ""),
 }
 
 
@@ -65,7 +77,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, self.lazy[name][2]) for name in sorted(self.lazy)]
+        rows = [(n, self.lazy[n][2]) for n in sorted(self.lazy) if not n.startswith("_")]
         rows += [
             (name, cmd.get_short_help_str())
             for name in super().list_commands(ctx)

@@ -1,0 +1,537 @@
+"""Pod commands: run, start, prepare, run-prepared, status, list, stop, rm, gc, logs,
+cat-manifest; and the hidden ``_app-exited`` hook.
+
+``podmgr run [POD OPTIONS] IMAGE [APP OPTIONS] [-- ARGS…] [--- IMAGE [APP OPTIONS]]…``:
+pod options come before the first image; app options apply to the image before them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from podmgr.cli import Ctx, emit, format_option
+
+_NET = ["host", "none"]
+_EXIT = ["on-any-failure", "on-any", "until-all"]
+_RESTART = ["no", "on-failure", "always"]
+
+
+def _kv(value: str, what: str) -> tuple[str, str]:
+    if "=" not in value:
+        raise click.BadParameter(f"{value!r}: expected {what}=VALUE")
+    k, v = value.split("=", 1)
+    return k, v
+
+
+def _opts(value: str) -> dict[str, str]:
+    out = {}
+    for part in value.split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+        elif part:
+            out.setdefault("name", part.strip())
+    return out
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("true", "yes", "1"):
+        return True
+    if v.lower() in ("false", "no", "0"):
+        return False
+    raise click.BadParameter(f"{v!r} is not true or false")
+
+
+def parse_volume(value: str) -> dict[str, Any]:
+    """``NAME,kind=host,source=PATH[,readOnly=true][,recursive=false]`` or
+    ``NAME,kind=empty[,mode=0755][,uid=N][,gid=N]``."""
+    o = _opts(value)
+    name = o.pop("name", None)
+    if not name:
+        raise click.BadParameter(f"{value!r}: the volume needs a NAME first")
+    vol: dict[str, Any] = {"name": name, "kind": o.pop("kind", "host")}
+    for key, conv in (
+        ("source", str),
+        ("readOnly", _bool),
+        ("recursive", _bool),
+        ("mode", str),
+        ("uid", int),
+        ("gid", int),
+    ):
+        if key in o:
+            vol[key] = conv(o.pop(key))
+    if o:
+        raise click.BadParameter(f"{value!r}: unknown volume option(s) {', '.join(o)}")
+    return vol
+
+
+# ---- app options ---------------------------------------------------------------------
+
+
+@click.command(name="APP", context_settings={"help_option_names": []})
+@click.option("--name")
+@click.option("--exec", "exec_")
+@click.option("--user")
+@click.option("--group")
+@click.option("--supplementary-gids")
+@click.option("--working-dir")
+@click.option("--environment", multiple=True)
+@click.option("--mount", multiple=True)
+@click.option("--readonly-rootfs", is_flag=True)
+@click.option("--memory")
+@click.option("--cpu")
+@click.option("--cpu-shares", type=int)
+@click.option("--oom-score-adj", type=int)
+@click.option("--caps-retain")
+@click.option("--caps-remove")
+@click.option("--seccomp")
+@click.option("--restart", type=click.Choice(_RESTART), default="no")
+@click.argument("image")
+@click.argument("args", nargs=-1)
+def _app_cmd(**kw: Any) -> dict[str, Any]:
+    return kw
+
+
+APP_OPTIONS_HELP = """\b
+App options (after IMAGE; `--` then arguments; `---` starts the next app):
+  --name NAME  --exec PATH  --user U  --group G  --supplementary-gids 1,2
+  --working-dir DIR  --environment K=V  --mount volume=NAME,target=PATH
+  --readonly-rootfs  --memory 128Mi  --cpu 500m  --cpu-shares N  --oom-score-adj N
+  --caps-retain CAP,..  --caps-remove CAP,..
+  --seccomp mode=retain|remove[,errno=E],SYSCALL,..  --restart no|on-failure|always"""
+
+
+def _caps(value: str) -> list[str]:
+    return [
+        c.strip().upper() if c.strip().upper().startswith("CAP_") else "CAP_" + c.strip().upper()
+        for c in value.split(",")
+        if c.strip()
+    ]
+
+
+def _app_spec(segment: list[str]) -> Any:
+    from podmgr.pod import AppSpec
+    from podmgr.units import RestartPolicy
+
+    if not segment:
+        raise click.UsageError("'---' must be followed by an image")
+    try:
+        ctx = _app_cmd.make_context("podmgr", list(segment))
+    except click.ClickException as e:
+        raise click.UsageError(f"app {segment[0]!r}: {e.format_message()}") from None
+    kw = ctx.params
+    isolators: list[dict[str, Any]] = []
+    if kw["memory"]:
+        isolators.append({"name": "resource/memory", "value": {"limit": kw["memory"]}})
+    if kw["cpu"]:
+        isolators.append({"name": "resource/cpu", "value": {"limit": kw["cpu"]}})
+    if kw["cpu_shares"] is not None:
+        isolators.append({"name": "os/linux/cpu-shares", "value": kw["cpu_shares"]})
+    if kw["oom_score_adj"] is not None:
+        isolators.append({"name": "os/linux/oom-score-adj", "value": kw["oom_score_adj"]})
+    if kw["caps_retain"]:
+        isolators.append(
+            {"name": "os/linux/capabilities-retain-set", "value": {"set": _caps(kw["caps_retain"])}}
+        )
+    if kw["caps_remove"]:
+        isolators.append(
+            {"name": "os/linux/capabilities-remove-set", "value": {"set": _caps(kw["caps_remove"])}}
+        )
+    if kw["seccomp"]:
+        parts = [p.strip() for p in kw["seccomp"].split(",") if p.strip()]
+        mode, errno, calls = None, None, []
+        for p in parts:
+            if p.startswith("mode="):
+                mode = p.split("=", 1)[1]
+            elif p.startswith("errno="):
+                errno = p.split("=", 1)[1]
+            else:
+                calls.append(p)
+        if mode not in ("retain", "remove"):
+            raise click.UsageError("--seccomp needs mode=retain or mode=remove")
+        val: dict[str, Any] = {"set": calls}
+        if errno:
+            val["errno"] = errno
+        isolators.append({"name": f"os/linux/seccomp-{mode}-set", "value": val})
+    mounts = []
+    for m in kw["mount"]:
+        o = _opts(m)
+        if "volume" not in o or "target" not in o:
+            raise click.UsageError(f"--mount {m!r}: expected volume=NAME,target=PATH")
+        mounts.append((o["volume"], o["target"]))
+    gids = None
+    if kw["supplementary_gids"]:
+        try:
+            gids = [int(g) for g in kw["supplementary_gids"].split(",") if g]
+        except ValueError:
+            raise click.UsageError("--supplementary-gids takes numbers: 100,200") from None
+    return AppSpec(
+        image=kw["image"],
+        name=kw["name"],
+        exec=kw["exec_"],
+        args=list(kw["args"]),
+        user=kw["user"],
+        group=kw["group"],
+        supplementary_gids=gids,
+        working_dir=kw["working_dir"],
+        environment=dict(_kv(e, "--environment K") for e in kw["environment"]),
+        mounts=mounts,
+        readonly_rootfs=kw["readonly_rootfs"],
+        isolators=isolators,
+        restart=RestartPolicy(kw["restart"]),
+    )
+
+
+def _split_apps(args: tuple[str, ...]) -> list[list[str]]:
+    segments: list[list[str]] = [[]]
+    for a in args:
+        if a == "---":
+            segments.append([])
+        else:
+            segments[-1].append(a)
+    return [s for s in segments if s] if any(segments) else []
+
+
+def _env_file(path: str) -> dict[str, str]:
+    out = {}
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise click.UsageError(f"--set-env-file {path}: {e.strerror}") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            k, v = _kv(line, "a line K")
+            out[k] = v
+    return out
+
+
+def pod_options(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--pod-manifest", type=click.Path(path_type=Path, dir_okay=False)),
+            click.option("--volume", multiple=True, help="NAME,kind=host|empty,…"),
+            click.option("--set-env", multiple=True, help="K=V for every app."),
+            click.option("--set-env-file", multiple=True, help="A file of K=V lines."),
+            click.option("--inherit-env", is_flag=True, help="Pass podmgr's environment on."),
+            click.option("--uuid-file-save", type=click.Path(path_type=Path, dir_okay=False)),
+            click.option("--user-annotation", multiple=True, help="K=V"),
+            click.option("--user-label", multiple=True, help="K=V"),
+            click.option(
+                "--exit-policy",
+                type=click.Choice(_EXIT),
+                default="on-any-failure",
+                show_default=True,
+            ),
+            click.option("--net", type=click.Choice(_NET), default="host", show_default=True),
+            click.option(
+                "--insecure-options", default="", help="Comma-separated: image, http, tls, all."
+            ),
+            click.option(
+                "--pull-policy",
+                type=click.Choice(["new", "update", "never"]),
+                default="new",
+                show_default=True,
+            ),
+            click.argument("args", nargs=-1, type=click.UNPROCESSED),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
+    from podmgr.pod import PodSpec
+    from podmgr.units import ExitPolicy, NetMode
+
+    env: dict[str, str] = {}
+    for f in kw["set_env_file"]:
+        env.update(_env_file(f))
+    env.update(dict(_kv(e, "--set-env K") for e in kw["set_env"]))
+    apps = [_app_spec(s) for s in _split_apps(kw["args"])]
+    if not apps and kw["pod_manifest"] is None:
+        raise click.UsageError("no image given")
+    return PodSpec(
+        apps=apps,
+        volumes=[parse_volume(v) for v in kw["volume"]],
+        environment=env,
+        inherit_env=kw["inherit_env"],
+        exit_policy=ExitPolicy(kw["exit_policy"]),
+        net=NetMode(kw["net"]),
+        user_annotations=dict(_kv(a, "--user-annotation K") for a in kw["user_annotation"]),
+        user_labels=dict(_kv(a, "--user-label K") for a in kw["user_label"]),
+        pod_manifest=kw["pod_manifest"],
+        fetch_options=_fetch_options(kw),
+    )
+
+
+def _fetch_options(kw: dict[str, Any]) -> Any:
+    from podmgr.imagefetch import FetchConfig, PullPolicy, parse_insecure
+
+    return FetchConfig(
+        pull_policy=PullPolicy(kw["pull_policy"]), insecure=parse_insecure(kw["insecure_options"])
+    )
+
+
+def _prepare(ctx: Ctx, kw: dict[str, Any]) -> Any:
+    from podmgr import pod
+
+    record = pod.prepare(ctx.dir, _pod_spec(ctx, kw))
+    if kw["uuid_file_save"]:
+        from podmgr.fsutil import atomic_write
+
+        atomic_write(kw["uuid_file_save"], record.uuid + "\n")
+    return record
+
+
+def _emitter(multi: bool) -> Any:
+    def out(e: Any) -> None:
+        line = f"{e.app} | {e.message}" if multi else e.message
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    return out
+
+
+@click.command(context_settings=_SETTINGS, epilog=APP_OPTIONS_HELP)
+@pod_options
+@click.option("--interactive", is_flag=True, help="Pass this terminal to the (only) app.")
+@click.pass_obj
+def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
+    """Run a pod attached: stream its output, exit with its exit code."""
+    from podmgr import podctl
+
+    record = _prepare(ctx, kw)
+    if interactive:
+        raise click.UsageError("--interactive is not supported yet")
+    return podctl.run_attached(
+        ctx.dir, record.uuid, bus=ctx.bus, emit=_emitter(len(record.apps) > 1)
+    )
+
+
+@click.command(context_settings=_SETTINGS, epilog=APP_OPTIONS_HELP)
+@pod_options
+@click.pass_obj
+def start(ctx: Ctx, /, **kw: Any) -> None:
+    """Start a pod detached; print its UUID once every app has started."""
+    from podmgr import pod
+
+    record = _prepare(ctx, kw)
+    try:
+        pod.start(ctx.dir, record.uuid, bus=ctx.bus)
+    except BaseException:
+        from podmgr import podctl
+
+        podctl.remove(ctx.dir, record.uuid, bus=ctx.bus)
+        raise
+    click.echo(record.uuid)
+
+
+@click.command(context_settings=_SETTINGS, epilog=APP_OPTIONS_HELP)
+@pod_options
+@click.pass_obj
+def prepare(ctx: Ctx, /, **kw: Any) -> None:
+    """Prepare a pod without starting it; print its UUID."""
+    click.echo(_prepare(ctx, kw).uuid)
+
+
+def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
+    from podmgr import podstate
+
+    if uuid_file is not None:
+        try:
+            ref = uuid_file.read_text().strip()
+        except OSError as e:
+            raise click.UsageError(f"--uuid-file {uuid_file}: {e.strerror}") from None
+    if not ref:
+        raise click.UsageError("give a pod UUID (or --uuid-file)")
+    return podstate.find(ctx.dir, ref)
+
+
+_uuid_file = click.option("--uuid-file", type=click.Path(path_type=Path, dir_okay=False))
+
+
+@click.command("run-prepared")
+@click.option("--detach", is_flag=True, help="Return once started, like podmgr start.")
+@_uuid_file
+@click.argument("uuid", required=False)
+@click.pass_obj
+def run_prepared(ctx: Ctx, detach: bool, uuid_file: Path | None, uuid: str | None) -> int:
+    """Run a prepared pod."""
+    from podmgr import pod, podctl, podstate
+
+    u = _uuid(ctx, uuid, uuid_file)
+    if detach:
+        pod.start(ctx.dir, u, bus=ctx.bus)
+        click.echo(u)
+        return 0
+    record = podstate.load(podstate.pod_dir(ctx.dir, u))
+    return podctl.run_attached(ctx.dir, u, bus=ctx.bus, emit=_emitter(len(record.apps) > 1))
+
+
+@click.command()
+@click.option(
+    "--wait",
+    "wait_",
+    is_flag=False,
+    flag_value="inf",
+    default=None,
+    help="Wait until the pod has exited (optionally at most DUR).",
+)
+@click.option(
+    "--wait-ready",
+    is_flag=False,
+    flag_value="inf",
+    default=None,
+    help="Wait until every app is running (optionally at most DUR).",
+)
+@format_option
+@_uuid_file
+@click.argument("uuid", required=False)
+@click.pass_obj
+def status(
+    ctx: Ctx, wait_: str | None, wait_ready: str | None, uuid_file: Path | None, uuid: str | None
+) -> None:
+    """Show a pod's state, its apps, exit codes, restarts, PIDs, memory and CPU."""
+    from podmgr import podctl
+
+    u = _uuid(ctx, uuid, uuid_file)
+    if wait_ is not None:
+        timeout = None if wait_ == "inf" else podctl.parse_duration(wait_).total_seconds()
+        podctl.wait(ctx.dir, u, bus=ctx.bus, timeout=timeout)
+    if wait_ready is not None:
+        timeout = None if wait_ready == "inf" else podctl.parse_duration(wait_ready).total_seconds()
+        podctl.wait_ready(ctx.dir, u, bus=ctx.bus, timeout=timeout)
+    emit(podctl.status(ctx.dir, u, bus=ctx.bus))
+
+
+@click.command("list")
+@click.option("--full", is_flag=True, help="Show full UUIDs.")
+@click.option("--no-legend", is_flag=True, help="No header line.")
+@format_option
+@click.pass_obj
+def list_(ctx: Ctx, full: bool, no_legend: bool) -> None:
+    """List pods and their states."""
+    from podmgr import podctl
+
+    emit(podctl.list_result(ctx.dir, bus=ctx.bus, full=full, legend=not no_legend))
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="SIGKILL instead of SIGTERM.")
+@_uuid_file
+@click.argument("uuids", nargs=-1)
+@click.pass_obj
+def stop(ctx: Ctx, force: bool, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
+    """Stop running pods."""
+    from podmgr import podctl
+
+    refs = list(uuids) or [_uuid(ctx, None, uuid_file)]
+    for r in refs:
+        u = _uuid(ctx, r, None)
+        podctl.stop(ctx.dir, u, force=force, bus=ctx.bus)
+        click.echo(u)
+
+
+@click.command()
+@_uuid_file
+@click.argument("uuids", nargs=-1)
+@click.pass_obj
+def rm(ctx: Ctx, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
+    """Remove exited or prepared pods."""
+    from podmgr import podctl
+
+    refs = list(uuids) or [_uuid(ctx, None, uuid_file)]
+    for u in podctl.rm(ctx.dir, [_uuid(ctx, r, None) for r in refs], bus=ctx.bus):
+        click.echo(u)
+
+
+@click.command()
+@click.option("--grace-period", default="30m", show_default=True)
+@click.option("--expire-prepared", default="24h", show_default=True)
+@click.option("--mark-only", is_flag=True, help="Mark exited pods as garbage; remove nothing.")
+@format_option
+@click.pass_obj
+def gc(ctx: Ctx, grace_period: str, expire_prepared: str, mark_only: bool) -> None:
+    """Remove exited pods past the grace period, and expired prepared pods."""
+    from podmgr import podctl
+
+    emit(
+        podctl.gc(
+            ctx.dir,
+            grace=podctl.parse_duration(grace_period),
+            expire_prepared=podctl.parse_duration(expire_prepared),
+            mark_only=mark_only,
+            bus=ctx.bus,
+        )
+    )
+
+
+@click.command()
+@click.option("--app", help="Only this app's output.")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--since", help="As journalctl --since.")
+@click.option("-n", "--lines", type=int)
+@_uuid_file
+@click.argument("uuid", required=False)
+@click.pass_obj
+def logs(
+    ctx: Ctx,
+    app: str | None,
+    follow: bool,
+    since: str | None,
+    lines: int | None,
+    uuid_file: Path | None,
+    uuid: str | None,
+) -> None:
+    """Show a pod's logs from the journal (also for exited pods)."""
+    from podmgr import journal, podstate
+
+    u = _uuid(ctx, uuid, uuid_file)
+    record = podstate.load(podstate.pod_dir(ctx.dir, u))
+    out = _emitter(len(record.apps) > 1 and app is None)
+    if follow:
+        f = journal.Follower(u, app=app, since=since, lines=lines)
+        try:
+            for e in f:
+                out(e)
+        finally:
+            f.close()
+        return
+    for e in journal.read(u, app=app, since=since, lines=lines):
+        out(e)
+
+
+@click.command("cat-manifest")
+@click.option("--pretty-print", is_flag=True)
+@_uuid_file
+@click.argument("uuid", required=False)
+@click.pass_obj
+def cat_manifest(ctx: Ctx, pretty_print: bool, uuid_file: Path | None, uuid: str | None) -> None:
+    """Print a pod's reified pod manifest."""
+    import json
+
+    from podmgr import podstate
+
+    u = _uuid(ctx, uuid, uuid_file)
+    doc = json.loads((podstate.pod_dir(ctx.dir, u) / "manifest").read_bytes())
+    click.echo(json.dumps(doc, indent=2 if pretty_print else None))
+
+
+@click.command("_app-exited", hidden=True)
+@click.argument("uuid")
+@click.argument("app")
+@click.pass_obj
+def app_exited(ctx: Ctx, uuid: str, app: str) -> None:
+    """(internal) Record an app's exit; run by the app's ExecStopPost."""
+    from podmgr import podctl
+
+    podctl.app_exited(ctx.dir, uuid, app, os.environ, ctx.bus)

@@ -1,0 +1,114 @@
+"""Reading pods' logs from the journal with ``journalctl -o json``.
+
+Every app's stdout and stderr carry ``PODMGR_POD=<uuid>`` and ``PODMGR_APP=<name>``
+(``LogExtraFields``), so logs outlive the units: they work for exited and collected pods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    app: str
+    message: str
+    cursor: str
+    time_usec: int
+
+
+def _argv(
+    uuid: str,
+    *,
+    app: str | None = None,
+    follow: bool = False,
+    since: str | None = None,
+    lines: int | None = None,
+    after_cursor: str | None = None,
+) -> list[str]:
+    argv = ["journalctl", "-o", "json", "--no-pager", "-q", f"PODMGR_POD={uuid}"]
+    if app:
+        argv.append(f"PODMGR_APP={app}")
+    if follow:
+        argv.append("-f")
+    if since:
+        argv.append(f"--since={since}")
+    if lines is not None:
+        argv.append(f"--lines={lines}")
+    if after_cursor:
+        argv.append(f"--after-cursor={after_cursor}")
+    return argv
+
+
+def _entry(line: str) -> Entry | None:
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return None
+    msg = e.get("MESSAGE", "")
+    if isinstance(msg, list):  # binary-safe form: a list of byte values
+        msg = bytes(msg).decode(errors="replace")
+    return Entry(
+        app=str(e.get("PODMGR_APP", "")),
+        message=str(msg),
+        cursor=str(e.get("__CURSOR", "")),
+        time_usec=int(e.get("__REALTIME_TIMESTAMP", 0)),
+    )
+
+
+def read(
+    uuid: str,
+    *,
+    app: str | None = None,
+    since: str | None = None,
+    lines: int | None = None,
+    after_cursor: str | None = None,
+) -> list[Entry]:
+    """The pod's journal entries so far."""
+    from podmgr.process import run
+
+    out = run(_argv(uuid, app=app, since=since, lines=lines, after_cursor=after_cursor)).stdout
+    return [e for line in out.splitlines() if (e := _entry(line)) is not None]
+
+
+class Follower:
+    """``journalctl -f`` for one pod, as an iterator of entries; close() to stop."""
+
+    def __init__(
+        self,
+        uuid: str,
+        *,
+        app: str | None = None,
+        since: str | None = None,
+        lines: int | None = None,
+    ) -> None:
+        argv = _argv(uuid, app=app, follow=True, since=since, lines=lines)
+        log.debug("+ %s", " ".join(argv))
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1
+        )
+        self.cursor: str | None = None
+
+    def __iter__(self) -> Iterator[Entry]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            e = _entry(line)
+            if e is not None:
+                self.cursor = e.cursor
+                yield e
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
+
+
+def sync() -> None:
+    """Ask journald to write out what it has received (so a final read sees it)."""
+    subprocess.run(["journalctl", "--sync"], capture_output=True, check=False)

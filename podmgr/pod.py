@@ -1,0 +1,483 @@
+"""Pods: prepare, start, run, stop, rm, and the exit hook. No daemon: state is the pod
+directory (:mod:`podmgr.podstate`) plus what systemd knows about the pod's units.
+
+- **prepare** turns CLI options (or a pod manifest) into a reified pod manifest, renders
+  every app's image, resolves users, groups, exec paths and mount targets inside the
+  rendered root, and writes the pod directory atomically.
+- **start** creates the units in one batch of ``StartTransientUnit`` calls: the pod's
+  slice, then per app an overlay mount unit (aux) and a service; then registers the pod
+  with machined. Nothing of podmgr stays running.
+- Each app's privileged ``ExecStopPost`` runs ``podmgr _app-exited``, which records the
+  exit status in the pod directory and applies the exit policy by stopping the pod's slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import shutil
+import sys
+import uuid as uuidlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podmgr import podstate, rootfs, units
+from podmgr.errors import ConflictError, InvalidError, PodmgrError, UsageError, require_root
+from podmgr.podstate import AppRecord, PodRecord
+from podmgr.units import ExitPolicy, NetMode, RestartPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppSpec:
+    """One app as given on the command line (``IMAGE [APP OPTIONS]``)."""
+
+    image: str
+    name: str | None = None
+    exec: str | None = None
+    args: list[str] = field(default_factory=list)
+    user: str | None = None
+    group: str | None = None
+    supplementary_gids: list[int] | None = None
+    working_dir: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    mounts: list[tuple[str, str]] = field(default_factory=list)
+    readonly_rootfs: bool = False
+    isolators: list[dict[str, Any]] = field(default_factory=list)
+    restart: RestartPolicy = RestartPolicy.NO
+
+
+@dataclass
+class PodSpec:
+    apps: list[AppSpec]
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    inherit_env: bool = False
+    exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
+    net: NetMode = NetMode.HOST
+    user_annotations: dict[str, str] = field(default_factory=dict)
+    user_labels: dict[str, str] = field(default_factory=dict)
+    pod_manifest: Path | None = None
+    fetch_options: Any = None
+
+
+# ---- images ----------------------------------------------------------------------------
+
+
+class Images:
+    """The image store as the pods code needs it."""
+
+    def __init__(self, state: Path, fetch_options: Any = None) -> None:
+        from podmgr.store import Store
+
+        self.store = Store.open(state)
+        self.fetch_options = fetch_options
+
+    def fetch(self, refs: Sequence[str]) -> list[str]:
+        from podmgr.imagefetch import fetch_images
+
+        return list(fetch_images(list(refs), store=self.store, options=self.fetch_options))
+
+    def manifest(self, image_id: str) -> Any:
+        return self.store.manifest(image_id)
+
+    def render(self, image_id: str) -> Path:
+        return Path(self.store.render(image_id))
+
+    def pin(self, uuid: str, ids: Sequence[str]) -> None:
+        self.store.pin(uuid, list(ids))
+
+    def unpin(self, uuid: str) -> None:
+        self.store.unpin(uuid)
+
+
+# ---- prepare ---------------------------------------------------------------------------
+
+
+def _default_app_name(image_name: str) -> str:
+    from podmgr.schema import is_ac_name
+
+    base = image_name.rsplit("/", 1)[-1]
+    return base if is_ac_name(base) else "app"
+
+
+def _merged_app(
+    image_app: Any, spec: AppSpec, env_layers: Sequence[Mapping[str, str]]
+) -> dict[str, Any]:
+    """The image's app with the command line's overrides, as appc JSON."""
+    base: dict[str, Any] = {}
+    if image_app is not None:
+        # Reuse the schema's canonical serialisation of the app section.
+        base = dict(image_app.model_dump(mode="json", by_alias=True, exclude_none=True))
+    if spec.exec is not None or spec.args:
+        exec_ = list(base.get("exec") or [])
+        if spec.exec is not None:
+            exec_ = [spec.exec]
+        if not exec_:
+            raise UsageError("the image has no exec; give --exec")
+        base["exec"] = [exec_[0], *spec.args] if spec.args else exec_
+    if not base.get("exec"):
+        raise InvalidError("the image has no app to run", hint="give --exec")
+    base.setdefault("user", "0")
+    base.setdefault("group", "0")
+    if spec.user is not None:
+        base["user"] = spec.user
+    if spec.group is not None:
+        base["group"] = spec.group
+    if spec.supplementary_gids is not None:
+        base["supplementaryGIDs"] = spec.supplementary_gids
+        base.pop("supplementaryGids", None)
+    if spec.working_dir is not None:
+        base["workingDirectory"] = spec.working_dir
+    # Precedence: inherited < image < --set-env-file < --set-env < --environment.
+    env: dict[str, str] = dict(env_layers[0]) if env_layers else {}
+    for item in base.get("environment", []):
+        env[item["name"]] = item["value"]
+    for layer in env_layers[1:]:
+        env.update(layer)
+    env.update(spec.environment)
+    base["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+    if spec.isolators:
+        by_name = {i["name"]: i for i in base.get("isolators", [])}
+        for i in spec.isolators:
+            by_name[i["name"]] = i
+        base["isolators"] = list(by_name.values())
+    return base
+
+
+def _check_overlaps(app: str, targets: Sequence[str]) -> None:
+    norm = sorted("/" + t.strip("/") for t in targets)
+    for a, b in itertools.pairwise(norm):
+        if a == b or b.startswith(a.rstrip("/") + "/"):
+            raise InvalidError(
+                f"app {app}: mount targets {a} and {b} overlap",
+                hint="mount volumes at paths that do not contain one another",
+            )
+
+
+def build_manifest(spec: PodSpec, images: Images) -> tuple[Any, dict[str, Any]]:
+    """The reified pod manifest for a spec, and the image manifests by image ID."""
+    from podmgr.schema import parse_pod_manifest
+
+    if spec.pod_manifest is not None:
+        try:
+            raw = spec.pod_manifest.read_bytes()
+        except OSError as e:
+            raise UsageError(
+                f"cannot read pod manifest {spec.pod_manifest}: {e.strerror}"
+            ) from None
+        given = parse_pod_manifest(raw, template=True)
+        refs = [a.image.id or a.image.name or "" for a in given.apps]
+        ids = images.fetch(refs)
+        doc = given.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for app, iid in zip(doc["apps"], ids, strict=True):
+            app["image"]["id"] = iid
+        manifests = {iid: images.manifest(iid) for iid in ids}
+        for app in doc["apps"]:
+            if "app" not in app:
+                im = manifests[app["image"]["id"]]
+                if im.app is None:
+                    raise InvalidError(f"app {app['name']}: the image has no app to run")
+                app["app"] = im.app.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return parse_pod_manifest(doc), manifests
+
+    if not spec.apps:
+        raise UsageError("no image given", hint="podmgr run IMAGE [--- IMAGE …]")
+    ids = images.fetch([a.image for a in spec.apps])
+    manifests = {iid: images.manifest(iid) for iid in ids}
+    inherited = dict(os.environ) if spec.inherit_env else {}
+    apps = []
+    seen: set[str] = set()
+    for a, iid in zip(spec.apps, ids, strict=True):
+        im = manifests[iid]
+        name = a.name or _default_app_name(im.name)
+        if name in seen:
+            raise InvalidError(f"duplicate app name {name!r}", hint="give each app its own --name")
+        seen.add(name)
+        app_doc = _merged_app(im.app, a, [inherited, spec.environment])
+        mounts = [{"volume": v, "path": t} for v, t in a.mounts]
+        explicit = {v for v, _ in a.mounts}
+        vol_names = {v["name"] for v in spec.volumes}
+        for mp in app_doc.get("mountPoints", []):
+            if mp["name"] in vol_names and mp["name"] not in explicit:
+                mounts.append({"volume": mp["name"], "path": mp["path"]})
+        _check_overlaps(name, [m["path"] for m in mounts])
+        apps.append(
+            {
+                "name": name,
+                "image": {
+                    "id": iid,
+                    "name": im.name,
+                    "labels": [{"name": lb.name, "value": lb.value} for lb in im.labels.root],
+                },
+                "app": app_doc,
+                "readOnlyRootFS": a.readonly_rootfs,
+                "mounts": mounts,
+            }
+        )
+    pod_doc: dict[str, Any] = {
+        "acKind": "PodManifest",
+        "acVersion": "0.8.11",
+        "apps": apps,
+        "volumes": spec.volumes,
+    }
+    if spec.user_annotations:
+        pod_doc["userAnnotations"] = spec.user_annotations
+    if spec.user_labels:
+        pod_doc["userLabels"] = spec.user_labels
+    return parse_pod_manifest(pod_doc), manifests
+
+
+def _prepare_volumes(manifest: Any, pdir: Path, final: Path) -> dict[str, tuple[str, bool, bool]]:
+    """name -> (host source, read-only, recursive); creates ``empty`` volumes."""
+    out = {}
+    for v in manifest.volumes:
+        if v.kind == "host":
+            src = rootfs.check_host_source(v.source or "")
+            out[v.name] = (str(src), bool(v.read_only), v.recursive is not False)
+        else:
+            d = pdir / "volumes" / v.name
+            d.mkdir(parents=True)
+            os.chmod(d, int(v.mode or "0755", 8))
+            os.chown(d, v.uid or 0, v.gid or 0)
+            out[v.name] = (str(final / "volumes" / v.name), bool(v.read_only), True)
+    return out
+
+
+def prepare(state: Path, spec: PodSpec) -> PodRecord:
+    """Create a prepared pod; on any error, leave nothing behind."""
+    require_root("preparing a pod")
+    images = Images(state, spec.fetch_options)
+    manifest, manifests = build_manifest(spec, images)
+    uuid = str(uuidlib.uuid4())
+    pods = podstate.pods_dir(state)
+    pods.mkdir(parents=True, exist_ok=True)
+    final = pods / uuid
+    tmp = pods / f".prep-{uuid}"
+    tmp.mkdir(mode=0o700)
+    try:
+        images.pin(uuid, sorted({a.image.id for a in manifest.apps}))
+        record = _prepare_in(tmp, final, uuid, manifest, manifests, images, spec)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            images.unpin(uuid)
+        raise
+    return record
+
+
+def _prepare_in(
+    tmp: Path,
+    final: Path,
+    uuid: str,
+    manifest: Any,
+    manifests: dict[str, Any],
+    images: Images,
+    spec: PodSpec,
+) -> PodRecord:
+    from podmgr.schema import dump_manifest
+
+    volumes = _prepare_volumes(manifest, tmp, final)
+    (tmp / "shm").mkdir(mode=0o1777)
+    os.chmod(tmp / "shm", 0o1777)
+    records = []
+    for app in manifest.apps:
+        a = app.app
+        lower = images.render(app.image.id)
+        adir = tmp / "apps" / app.name
+        upper = adir / "upper"
+        for d in ("upper", "work", "rootfs"):
+            (adir / d).mkdir(parents=True, mode=0o755)
+        (adir / "image-manifest").write_text(dump_manifest(manifests[app.image.id]))
+        env = {e.name: e.value for e in a.environment.root}
+        path_env = env.get("PATH", units.APPC_PATH)
+        exec_ = list(a.exec or ())
+        exec_[0] = rootfs.find_exec(lower, exec_[0], path_env)
+        uid = rootfs.lookup_user(lower, a.user)
+        gid = rootfs.lookup_group(lower, a.group)
+        wd = a.working_directory or "/"
+        rootfs.check_working_dir(lower, wd)
+        binds = []
+        for m in app.mounts:
+            if m.volume not in volumes:
+                raise InvalidError(f"app {app.name}: mount names unknown volume {m.volume!r}")
+            src, ro, rec = volumes[m.volume]
+            target = rootfs.ensure_mount_target(lower, upper, m.path)
+            mp_ro = any(p.read_only for p in a.mount_points if p.path == m.path)
+            binds.append((src, target, ro or mp_ro, rec))
+        rootfs.ensure_etc_hosts(lower, upper, units.machine_name(uuid))
+        handlers = {h.name: tuple(h.exec) for h in a.event_handlers}
+        fdir = final / "apps" / app.name
+        restart = next((s.restart for s in spec.apps if s.name == app.name), None)
+        if restart is None and len(spec.apps) == len(manifest.apps):
+            restart = spec.apps[list(manifest.apps).index(app)].restart
+        records.append(
+            AppRecord(
+                name=app.name,
+                image_id=app.image.id,
+                image_name=app.image.name or manifests[app.image.id].name,
+                unit=units.app_service(uuid, app.name),
+                exec=tuple(exec_),
+                uid=uid,
+                gid=gid,
+                supplementary_gids=tuple(a.supplementary_gids or ()),
+                working_dir=wd,
+                environment=env,
+                pre_start=handlers.get("pre-start"),
+                post_stop=handlers.get("post-stop"),
+                read_only_rootfs=app.read_only_root_fs,
+                binds=tuple(binds),
+                restart=restart or RestartPolicy.NO,
+                lower=(str(lower),),
+                rootfs=str(fdir / "rootfs"),
+                rootfs_unit=units.mount_unit(str(fdir / "rootfs")),
+            )
+        )
+    (tmp / "manifest").write_text(dump_manifest(manifest))
+    record = PodRecord(
+        uuid=uuid,
+        created=podstate.now(),
+        exit_policy=spec.exit_policy,
+        net=spec.net,
+        apps=tuple(records),
+        metadata_token=secrets.token_urlsafe(24),
+        user_annotations=spec.user_annotations,
+        user_labels=spec.user_labels,
+    )
+    podstate.save(tmp, record)
+    return record
+
+
+# ---- start -----------------------------------------------------------------------------
+
+
+def exit_hook(state: Path, uuid: str) -> tuple[str, ...]:
+    # -I: the app's environment (PYTHONPATH, PYTHONHOME, …) must not steer the hook.
+    return (sys.executable, "-I", "-m", "podmgr", "--dir", str(state), "_app-exited", uuid)
+
+
+def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units.PodPlan:
+    pdir = podstate.pod_dir(state, record.uuid)
+    apps = tuple(
+        units.AppPlan(
+            name=a.name,
+            exec=a.exec,
+            uid=a.uid,
+            gid=a.gid,
+            supplementary_gids=a.supplementary_gids,
+            working_dir=a.working_dir,
+            environment=a.environment,
+            pre_start=a.pre_start,
+            post_stop=a.post_stop,
+            isolators=tuple(isolators_of(state, record.uuid, a.name)),
+            read_only_rootfs=a.read_only_rootfs,
+            binds=a.bind_list(),
+            restart=a.restart,
+            rootfs=a.rootfs,
+            rootfs_unit=a.rootfs_unit,
+        )
+        for a in record.apps
+    )
+    return units.PodPlan(
+        uuid=record.uuid,
+        apps=apps,
+        isolators=tuple(isolators),
+        net=record.net,
+        exit_hook=exit_hook(state, record.uuid),
+        shm_dir=str(pdir / "shm"),
+    )
+
+
+def reified_manifest(state: Path, uuid: str) -> Any:
+    from podmgr.schema import parse_pod_manifest
+
+    return parse_pod_manifest((podstate.pod_dir(state, uuid) / "manifest").read_bytes())
+
+
+def isolators_of(state: Path, uuid: str, app: str | None) -> list[Any]:
+    m = reified_manifest(state, uuid)
+    if app is None:
+        return list(m.isolators)
+    ra = m.app(app) if hasattr(m, "app") else None
+    return list(ra.app.isolators) if ra is not None and ra.app is not None else []
+
+
+def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any], list[Any]]]:
+    """The StartTransientUnit calls that start a pod, in order."""
+    p = plan(state, record, isolators_of(state, record.uuid, None))
+    batch: list[tuple[str, dict[str, Any], list[Any]]] = [
+        (units.pod_slice(record.uuid), units.slice_properties(p), [])
+    ]
+    services = [units.app_service(record.uuid, a.name) for a in p.apps]
+    for i, (a, rec) in enumerate(zip(p.apps, record.apps, strict=True)):
+        pdir = Path(rec.rootfs).parent
+        mount = units.mount_properties(
+            lower=list(rec.lower),
+            upper=str(pdir / "upper"),
+            work=str(pdir / "work"),
+            where=rec.rootfs,
+        )
+        others = [s for s in services if s != services[i]]
+        props = units.app_properties(a, p, leader=(i == 0), others=others)
+        batch.append((services[i], props, [(rec.rootfs_unit, mount)]))
+    return batch
+
+
+def start(state: Path, uuid: str, *, bus: str | None = None) -> PodRecord:
+    """Start a prepared pod's units; returns once every app's start job is done."""
+    from podmgr import systemd
+
+    require_root("starting a pod")
+    pdir = podstate.pod_dir(state, uuid)
+    record = podstate.load(pdir)
+    if record.started is not None:
+        raise ConflictError(f"pod {uuid} has been started already", hint="prepare a new pod")
+    batch = unit_batch(state, record)
+    record = record.model_copy(update={"started": podstate.now(), "boot_id": podstate.boot_id()})
+    podstate.save(pdir, record)
+    with systemd.connect(bus) as sd:
+        try:
+            sd.start_transient_units(batch)
+        except PodmgrError:
+            _teardown_units(sd, record)
+            raise
+        _register_machine(sd, record)
+    return record
+
+
+def _register_machine(sd: Any, record: PodRecord) -> None:
+    from podmgr.systemd import BusError
+
+    leader = record.apps[0]
+    try:
+        pid = int(sd.unit_status(leader.unit).get("MainPID") or 0)
+        if pid:
+            sd.register_machine(
+                units.machine_name(record.uuid),
+                units.pod_hex(record.uuid),
+                pid,
+                leader.rootfs,
+                service="podmgr",
+            )
+    except BusError as e:
+        # machined is optional (systemd-container); the pod runs without it.
+        log.info("pod %s not registered with machined: %s", record.uuid, e)
+
+
+def _teardown_units(sd: Any, record: PodRecord) -> None:
+    from podmgr.systemd import BusError
+
+    names = [units.pod_slice(record.uuid)] + [a.rootfs_unit for a in record.apps]
+    for name in names:
+        with contextlib.suppress(BusError):
+            sd.stop_unit(name)
+    for name in [*names, *(a.unit for a in record.apps)]:
+        with contextlib.suppress(BusError):
+            sd.reset_failed_unit(name)

@@ -1,0 +1,173 @@
+"""The on-disk record of a pod: ``--dir/pods/<uuid>/``.
+
+Layout (versioned by ``pod.json``'s ``version``; migrate explicitly in :func:`load`):
+
+- ``pod.json`` — :class:`PodRecord`, written atomically;
+- ``manifest`` — the fully reified pod manifest (appc JSON);
+- ``apps/<app>/image-manifest`` — the app's original image manifest;
+- ``apps/<app>/upper``, ``work`` — the overlay's pod-private layers; ``rootfs`` — its mount point;
+- ``apps/<app>/exit.json`` — :class:`AppExit`, written by the app's ExecStopPost hook;
+- ``volumes/<name>/`` — ``kind=empty`` volumes; ``shm/`` — the pod's /dev/shm.
+
+A pod being prepared lives in ``pods/.prep-<uuid>`` and appears under its UUID only once
+complete (a rename), so a crash leaves no half-made pod, only a temp dir ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from podmgr.errors import InvalidError, NotFoundError, UsageError
+from podmgr.fsutil import atomic_write
+from podmgr.units import Bind, ExitPolicy, NetMode, RestartPolicy
+
+POD_RECORD_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class AppRecord(_Record):
+    """One app, resolved at prepare time so that starting needs no image access."""
+
+    name: str
+    image_id: str
+    image_name: str
+    unit: str
+    exec: tuple[str, ...]
+    uid: int
+    gid: int
+    supplementary_gids: tuple[int, ...] = ()
+    working_dir: str = "/"
+    environment: dict[str, str] = {}
+    pre_start: tuple[str, ...] | None = None
+    post_stop: tuple[str, ...] | None = None
+    read_only_rootfs: bool = False
+    binds: tuple[tuple[str, str, bool, bool], ...] = ()
+    restart: RestartPolicy = RestartPolicy.NO
+    lower: tuple[str, ...]
+    rootfs: str
+    rootfs_unit: str
+
+    def bind_list(self) -> tuple[Bind, ...]:
+        return tuple(Bind(s, t, ro, rec) for s, t, ro, rec in self.binds)
+
+
+class PodRecord(_Record):
+    version: int = POD_RECORD_VERSION
+    uuid: str
+    created: datetime
+    started: datetime | None = None
+    boot_id: str | None = None
+    stopping: bool = False
+    garbage: datetime | None = None
+    exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
+    net: NetMode = NetMode.HOST
+    apps: tuple[AppRecord, ...]
+    metadata_token: str
+    user_annotations: dict[str, str] = {}
+    user_labels: dict[str, str] = {}
+
+
+class AppExit(_Record):
+    name: str
+    #: systemd's $SERVICE_RESULT: success, exit-code, signal, core-dump, oom-kill, …
+    result: str
+    #: $EXIT_CODE: exited, killed or dumped.
+    code: str | None = None
+    #: The exit status, or 128 + the signal number when killed.
+    status: int | None = None
+    signal: str | None = None
+    time: datetime
+
+
+def pods_dir(state: Path) -> Path:
+    return state / "pods"
+
+
+def pod_dir(state: Path, uuid: str) -> Path:
+    return pods_dir(state) / uuid
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def save(directory: Path, record: PodRecord) -> None:
+    atomic_write(directory / "pod.json", record.model_dump_json(indent=1))
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("version", 0)
+    if version > POD_RECORD_VERSION:
+        raise InvalidError(
+            f"pod record version {version} is newer than this podmgr understands",
+            hint="upgrade podmgr",
+        )
+    # Version 1 is the first; later versions add their steps here.
+    data["version"] = POD_RECORD_VERSION
+    return data
+
+
+def load(directory: Path) -> PodRecord:
+    try:
+        data = json.loads((directory / "pod.json").read_bytes())
+    except FileNotFoundError:
+        raise NotFoundError(f"pod {directory.name} not found") from None
+    except ValueError as e:
+        raise InvalidError(f"pod {directory.name}: pod.json is corrupt: {e}") from None
+    try:
+        return PodRecord.model_validate(_migrate(data))
+    except ValidationError as e:
+        raise InvalidError(f"pod {directory.name}: pod.json does not validate: {e}") from None
+
+
+def app_exit(directory: Path, app: str) -> AppExit | None:
+    with contextlib.suppress(FileNotFoundError, ValueError, ValidationError):
+        return AppExit.model_validate_json((directory / "apps" / app / "exit.json").read_bytes())
+    return None
+
+
+def write_app_exit(directory: Path, ex: AppExit) -> None:
+    atomic_write(directory / "apps" / ex.name / "exit.json", ex.model_dump_json())
+
+
+def all_uuids(state: Path) -> list[str]:
+    d = pods_dir(state)
+    try:
+        return sorted(n for n in os.listdir(d) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def find(state: Path, ref: str) -> str:
+    """A pod UUID from a full UUID or a unique prefix."""
+    ref = ref.strip().lower()
+    if not ref:
+        raise UsageError("empty pod UUID")
+    uuids = all_uuids(state)
+    if ref in uuids:
+        return ref
+    matches = [u for u in uuids if u.startswith(ref) or u.replace("-", "").startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFoundError(f"no pod matches {ref!r}", hint="podmgr list shows the pods")
+    raise UsageError(
+        f"{ref!r} matches {len(matches)} pods", hint="give more characters of the UUID"
+    )

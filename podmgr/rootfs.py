@@ -1,0 +1,197 @@
+"""Resolving an app inside its rendered root filesystem, by ace.md and aci.md.
+
+Paths inside a root are resolved as the app will see them: symlinks are followed
+*within* the root, never into the host's tree. Changes the executor makes (mount targets,
+``/etc/hosts``) go into the app's overlay upper layer, never into the image's tree, with
+parent directories mirroring the lower layer's modes and owners (an upper directory's
+attributes win in the merged view).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from podmgr.errors import InvalidError, NotFoundError
+
+_MAX_LINKS = 40
+
+
+def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """The host path of ``path`` inside ``root``, following symlinks as a chroot would.
+
+    The result may not exist. Raises InvalidError on a symlink loop.
+    """
+    parts = [p for p in PurePosixPath("/", path).parts[1:] if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink() and (parts or follow_last):
+            links += 1
+            if links > _MAX_LINKS:
+                raise InvalidError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def _passwd_lookup(root: Path, file: str, name: str, id_field: int) -> int | None:
+    f = resolve(root, file)
+    try:
+        text = f.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > id_field and fields[0] == name and fields[id_field].isdigit():
+            return int(fields[id_field])
+    return None
+
+
+def _lookup(root: Path, value: str, file: str, what: str, owner_attr: str) -> int:
+    # aci.md: the image's own passwd/group first, then a number, then "/path" ownership.
+    found = _passwd_lookup(root, file, value, 2)
+    if found is not None:
+        return found
+    if value.isdigit():
+        return int(value)
+    if value.startswith("/"):
+        try:
+            st = resolve(root, value).stat()
+        except OSError:
+            raise InvalidError(
+                f"{what} {value!r}: no such path in the image's root filesystem"
+            ) from None
+        return int(getattr(st, owner_attr))
+    raise NotFoundError(
+        f"{what} {value!r} is not in the image's {file}",
+        hint=f"use a numeric {what} ID, or a name that {file} in the image defines",
+    )
+
+
+def lookup_user(root: Path, user: str) -> int:
+    return _lookup(root, user, "/etc/passwd", "user", "st_uid")
+
+
+def lookup_group(root: Path, group: str) -> int:
+    return _lookup(root, group, "/etc/group", "group", "st_gid")
+
+
+def find_exec(root: Path, argv0: str, path_env: str) -> str:
+    """The absolute path of ``argv0`` inside the root, searching ``path_env`` if relative."""
+    candidates = (
+        [argv0] if "/" in argv0 else [f"{d.rstrip('/')}/{argv0}" for d in path_env.split(":") if d]
+    )
+    for c in candidates:
+        if not c.startswith("/"):
+            continue
+        host = resolve(root, c)
+        try:
+            st = host.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return c
+    where = "" if "/" in argv0 else f" (searched {path_env})"
+    raise NotFoundError(
+        f"exec {argv0!r} is not an executable in the image's root filesystem{where}",
+        hint="check the image's app.exec, or give --exec",
+    )
+
+
+def check_working_dir(root: Path, wd: str) -> None:
+    if not resolve(root, wd).is_dir():
+        raise NotFoundError(
+            f"working directory {wd!r} does not exist in the image's root filesystem",
+            hint="fix workingDirectory, or give --working-dir",
+        )
+
+
+def _mirror_parents(lower: Path, upper: Path, rel: Sequence[str]) -> Path:
+    """Create ``rel`` as directories in ``upper``, copying attributes from ``lower``."""
+    cur_low, cur_up = lower, upper
+    for part in rel:
+        cur_low, cur_up = cur_low / part, cur_up / part
+        if cur_up.is_dir() and not cur_up.is_symlink():
+            continue
+        try:
+            st = cur_low.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise InvalidError(
+                f"cannot create /{'/'.join(rel)}: /{cur_low.relative_to(lower)} "
+                "is not a directory in the image"
+            )
+        cur_up.mkdir(mode=0o755)
+        if st is not None:
+            os.chmod(cur_up, stat.S_IMODE(st.st_mode))
+            os.chown(cur_up, st.st_uid, st.st_gid)
+        else:
+            os.chmod(cur_up, 0o755)
+            os.chown(cur_up, 0, 0)
+    return cur_up
+
+
+def _real_rel(lower: Path, path: str) -> list[str]:
+    host = resolve(lower, path)
+    return list(host.relative_to(lower).parts)
+
+
+def ensure_mount_target(lower: Path, upper: Path, target: str) -> str:
+    """Make ``target`` a directory in the merged root; return its resolved path inside.
+
+    ace.md: a missing target is created (0755, owned by 0:0) with its parents.
+    """
+    rel = _real_rel(lower, target)
+    low = lower.joinpath(*rel)
+    if low.exists() and not low.is_dir():
+        # A file target: a file volume is bind-mounted over the file as is.
+        return "/" + "/".join(rel)
+    _mirror_parents(lower, upper, rel)
+    return "/" + "/".join(rel)
+
+
+def ensure_etc_hosts(lower: Path, upper: Path, hostname: str) -> bool:
+    """Give the app an /etc/hosts with localhost when the image has none."""
+    if resolve(lower, "/etc/hosts").exists():
+        return False
+    rel = _real_rel(lower, "/etc")
+    d = _mirror_parents(lower, upper, rel)
+    (d / "hosts").write_text(
+        f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    return True
+
+
+def check_host_source(source: str) -> Path:
+    """ace.md: a host volume's source must exist and no component may be a symlink."""
+    p = Path(source)
+    if not p.is_absolute():
+        raise InvalidError(f"volume source {source!r} is not an absolute path")
+    cur = Path("/")
+    for part in p.parts[1:]:
+        cur = cur / part
+        if cur.is_symlink():
+            raise InvalidError(
+                f"volume source {source!r}: {cur} is a symbolic link",
+                hint="give the real path of the directory",
+            )
+        if not cur.exists():
+            raise NotFoundError(
+                f"volume source {source!r} does not exist",
+                hint="create it first; podmgr never creates paths on the host",
+            )
+    return p

@@ -1,0 +1,490 @@
+"""Pods as systemd units: names, and unit properties as pure functions of a plan.
+
+Nothing here talks to the bus or reads the disk. :mod:`podmgr.pod` resolves a pod (images,
+users, paths) into an :class:`AppPlan` per app; this module turns that into the property
+mappings given to ``StartTransientUnit``.
+
+Unit names (stable, documented in docs/units.md):
+
+- ``podmgr.slice`` — the parent of every pod;
+- ``podmgr-<uuid hex>.slice`` — one pod (the UUID without dashes: a dash in a slice name
+  means nesting); pod-level isolators bound it;
+- ``podmgr-<uuid hex>-<app>.service`` — one app;
+- the app's root filesystem is an overlay mount unit named after its mount point
+  (``systemd-escape --path``), which the service ``BindsTo``; ``StopWhenUnneeded`` unmounts
+  it once the app is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from podmgr import isolators as iso
+
+SLICE = "podmgr.slice"
+UNIT_PREFIX = "podmgr-"
+#: ace.md "Execution Environment".
+APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The ``container`` variable apps see (ace.md: the executor's name).
+CONTAINER = "podmgr"
+
+#: OS-SPEC/ace.md: the default capability bounding set.
+DEFAULT_CAPS = (
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER",
+    "CAP_KILL", "CAP_MKNOD", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID",
+    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_SYS_CHROOT",
+)  # fmt: skip
+
+# linux/capability.h numbering.
+CAP_NUMBERS = {
+    name: i
+    for i, name in enumerate(
+        [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        ]
+    )
+}
+
+#: ace.md lets an executor block syscalls that apps do not need when no seccomp isolator
+#: is given; this is the set Docker and rkt blocked by default.
+DEFAULT_SECCOMP_REMOVE = (
+    "_sysctl", "acct", "add_key", "adjtimex", "bpf", "clock_adjtime", "clock_settime",
+    "create_module", "delete_module", "finit_module", "get_kernel_syms", "get_mempolicy",
+    "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
+    "lookup_dcookie", "mbind", "mount", "move_pages", "name_to_handle_at", "nfsservctl",
+    "open_by_handle_at", "perf_event_open", "pivot_root", "process_vm_readv",
+    "process_vm_writev", "ptrace", "query_module", "quotactl", "reboot", "request_key",
+    "set_mempolicy", "setns", "settimeofday", "swapoff", "swapon", "sysfs", "umount2",
+    "unshare", "uselib", "ustat", "vhangup",
+)  # fmt: skip
+#: ace.md: the minimum an app needs for its life cycle, always allowed in a retain set.
+SECCOMP_ALWAYS_ALLOWED = ("execve", "exit", "exit_group", "rt_sigreturn", "sigreturn")
+
+MS_REC = 16384
+
+
+class NetMode(enum.StrEnum):
+    HOST = "host"
+    NONE = "none"
+
+
+class ExitPolicy(enum.StrEnum):
+    ON_ANY_FAILURE = "on-any-failure"
+    ON_ANY = "on-any"
+    UNTIL_ALL = "until-all"
+
+
+class RestartPolicy(enum.StrEnum):
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+class IsolatorState(enum.StrEnum):
+    APPLIED = "applied"
+    BOUNDED = "bounded"
+    IGNORED = "ignored"
+
+
+def pod_hex(uuid: str) -> str:
+    return uuid.replace("-", "").lower()
+
+
+def pod_slice(uuid: str) -> str:
+    return f"{UNIT_PREFIX}{pod_hex(uuid)}.slice"
+
+
+def app_service(uuid: str, app: str) -> str:
+    return f"{UNIT_PREFIX}{pod_hex(uuid)}-{app}.service"
+
+
+def machine_name(uuid: str) -> str:
+    return f"{UNIT_PREFIX}{pod_hex(uuid)}"
+
+
+def escape_path(path: str) -> str:
+    """``systemd-escape --path``: the unit name stem for a path."""
+    trimmed = "/".join(p for p in path.split("/") if p)
+    if not trimmed:
+        return "-"
+    out = []
+    for i, ch in enumerate(trimmed.encode()):
+        c = chr(ch)
+        if c == "/":
+            out.append("-")
+        elif c.isascii() and (c.isalnum() or c in ":_" or (c == "." and i > 0)):
+            out.append(c)
+        else:
+            out.append(f"\\x{ch:02x}")
+    return "".join(out)
+
+
+def mount_unit(path: str) -> str:
+    return escape_path(path) + ".mount"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bind-mounted into an app's root."""
+
+    source: str
+    target: str
+    read_only: bool = False
+    recursive: bool = True
+
+
+@dataclass(frozen=True)
+class IsolatorReport:
+    scope: str  # "pod" or the app's name
+    name: str
+    state: IsolatorState
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    """Everything resolved about one app; the input to :func:`app_properties`."""
+
+    name: str
+    exec: tuple[str, ...]
+    uid: int
+    gid: int
+    supplementary_gids: tuple[int, ...] = ()
+    working_dir: str = "/"
+    environment: Mapping[str, str] = field(default_factory=dict)
+    pre_start: tuple[str, ...] | None = None
+    post_stop: tuple[str, ...] | None = None
+    isolators: tuple[Any, ...] = ()
+    read_only_rootfs: bool = False
+    binds: tuple[Bind, ...] = ()
+    restart: RestartPolicy = RestartPolicy.NO
+    #: Path of the mounted overlay (RootDirectory) and the mount unit providing it.
+    rootfs: str = ""
+    rootfs_unit: str = ""
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    uuid: str
+    apps: tuple[AppPlan, ...]
+    isolators: tuple[Any, ...] = ()
+    net: NetMode = NetMode.HOST
+    #: Privileged ExecStopPost that records the app's exit and applies the exit policy;
+    #: the app's name is appended.
+    exit_hook: tuple[str, ...] = ()
+    #: A pod-private directory shared by its apps as /dev/shm.
+    shm_dir: str | None = None
+    metadata_url: str | None = None
+
+
+# ---- isolators ---------------------------------------------------------------------
+
+
+def _find(isolators: Sequence[Any], kind: type) -> Any:
+    return next((i for i in isolators if isinstance(i, kind)), None)
+
+
+def _bounded(app_value: int | None, pod_value: int | None) -> int | None:
+    values = [v for v in (app_value, pod_value) if v is not None]
+    return min(values) if values else None
+
+
+def resource_properties(isolators: Sequence[Any]) -> dict[str, Any]:
+    """Properties from resource isolators (used for both the pod slice and an app)."""
+    props: dict[str, Any] = {}
+    mem = _find(isolators, iso.MemoryIsolator)
+    if mem is not None:
+        props["MemoryMax"] = mem.value.limit_bytes
+        if mem.value.request is not None and mem.value.request_bytes < mem.value.limit_bytes:
+            props["MemoryLow"] = mem.value.request_bytes
+    cpu = _find(isolators, iso.CPUIsolator)
+    if cpu is not None:
+        # 1000 millicores = one CPU = 1 s of CPU time per second.
+        props["CPUQuotaPerSecUSec"] = max(cpu.value.limit_millicores * 1000, 1000)
+    shares = _find(isolators, iso.CPUSharesIsolator)
+    if shares is not None:
+        props["CPUWeight"] = cpu_shares_to_weight(shares.value)
+    return props
+
+
+def cpu_shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144, default 1024) to v2 CPUWeight (1..10000, 100)."""
+    return max(1, min(10000, round(shares * 100 / 1024)))
+
+
+def capability_sets(isolators: Sequence[Any], uid: int) -> tuple[int, int | None]:
+    """(bounding mask, ambient mask or None) by ace.md's capability isolators.
+
+    A retain set replaces the default set, a remove set subtracts from it. Root gets the
+    bounding set as its effective set anyway; a non-root user gets no capability unless it
+    was asked for explicitly in a retain set, which then becomes its ambient set too.
+    """
+    retain = _find(isolators, iso.CapabilitiesRetainSetIsolator)
+    remove = _find(isolators, iso.CapabilitiesRemoveSetIsolator)
+    if retain is not None:
+        names = set(retain.value.set)
+    else:
+        names = set(DEFAULT_CAPS)
+        if remove is not None:
+            names -= set(remove.value.set)
+    mask = caps_mask(names)
+    ambient = mask if (retain is not None and uid != 0) else None
+    return mask, ambient
+
+
+def caps_mask(names: Sequence[str] | set[str]) -> int:
+    mask = 0
+    for n in names:
+        num = CAP_NUMBERS.get(n.upper().removeprefix("CAP_"))
+        if num is not None:
+            mask |= 1 << num
+    return mask
+
+
+def seccomp_properties(isolators: Sequence[Any]) -> dict[str, Any]:
+    retain = _find(isolators, iso.SeccompRetainSetIsolator)
+    remove = _find(isolators, iso.SeccompRemoveSetIsolator)
+    props: dict[str, Any] = {}
+    chosen = retain or remove
+    if chosen is not None and chosen.value.errno:
+        props["SystemCallErrorNumber"] = errno_number(chosen.value.errno)
+    if retain is not None:
+        names = list(retain.value.set)
+        if "@appc.io/all" in names:
+            return {}
+        allowed = sorted({*names, *SECCOMP_ALWAYS_ALLOWED})
+        props["SystemCallFilter"] = (True, allowed)
+    elif remove is not None:
+        names = list(remove.value.set)
+        if "@appc.io/empty" in names:
+            names = list(DEFAULT_SECCOMP_REMOVE)
+        props["SystemCallFilter"] = (False, sorted(set(names)))
+    else:
+        props["SystemCallFilter"] = (False, list(DEFAULT_SECCOMP_REMOVE))
+    return props
+
+
+def errno_number(name: str) -> int:
+    number = getattr(errno, name, None)
+    if not isinstance(number, int):
+        raise ValueError(f"unknown errno {name!r}")
+    return number
+
+
+def isolator_report(scope: str, isolators: Sequence[Any], *, pod: bool) -> list[IsolatorReport]:
+    """Which isolators are applied and which are ignored (ace.md: say so to the user)."""
+    handled: tuple[type, ...] = (
+        iso.MemoryIsolator,
+        iso.CPUIsolator,
+        iso.CPUSharesIsolator,
+        iso.OOMScoreAdjIsolator,
+    )
+    if not pod:
+        handled += (
+            iso.CapabilitiesRetainSetIsolator,
+            iso.CapabilitiesRemoveSetIsolator,
+            iso.SeccompRetainSetIsolator,
+            iso.SeccompRemoveSetIsolator,
+            iso.NoNewPrivilegesIsolator,
+        )
+    out = []
+    for i in isolators:
+        name = str(i.name)
+        if isinstance(i, handled):
+            out.append(IsolatorReport(scope, name, IsolatorState.APPLIED))
+        elif not i.known:
+            out.append(IsolatorReport(scope, name, IsolatorState.IGNORED, "unknown isolator"))
+        else:
+            out.append(
+                IsolatorReport(scope, name, IsolatorState.IGNORED, "not supported by podmgr")
+            )
+    return out
+
+
+# ---- units ---------------------------------------------------------------------------
+
+
+def slice_properties(pod: PodPlan) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "Description": f"podmgr pod {pod.uuid}",
+        "MemoryAccounting": True,
+        "CPUAccounting": True,
+        "TasksAccounting": True,
+    }
+    props.update(resource_properties(pod.isolators))
+    return props
+
+
+def mount_properties(*, lower: Sequence[str], upper: str, work: str, where: str) -> dict[str, Any]:
+    """A transient overlay mount unit for an app's root filesystem."""
+    # overlayfs lists lower layers top-first.
+    opts = f"lowerdir={':'.join(reversed(lower))},upperdir={upper},workdir={work}"
+    return {
+        "Description": f"podmgr app root {where}",
+        "What": "overlay",
+        "Where": where,
+        "Type": "overlay",
+        "Options": opts,
+        "StopWhenUnneeded": True,
+        "CollectMode": "inactive-or-failed",
+    }
+
+
+def _exec(argv: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, list[str], list[str]]:
+    return (argv[0], list(argv), list(flags))
+
+
+def app_environment(app: AppPlan, pod: PodPlan) -> dict[str, str]:
+    """The final environment: the app's, with the variables ace.md requires on top."""
+    env = dict(app.environment)
+    env.setdefault("PATH", APPC_PATH)
+    env["AC_APP_NAME"] = app.name
+    env["container"] = CONTAINER
+    if pod.metadata_url:
+        env["AC_METADATA_URL"] = pod.metadata_url
+    return env
+
+
+def app_properties(
+    app: AppPlan, pod: PodPlan, *, leader: bool = False, others: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The transient service for one app of a pod.
+
+    ``leader`` marks the app whose main process is registered with machined: stopping it
+    (``machinectl terminate``) stops the whole pod, through ``PropagatesStopTo``.
+    ``others`` are the other apps' services, which share its IPC (and, with
+    ``--net=none``, network) namespace.
+    """
+    env = app_environment(app, pod)
+    # Apps are confined by default, then isolators loosen or tighten that.
+    mem_app = resource_properties(app.isolators)
+    mem_pod = resource_properties(pod.isolators)
+    props: dict[str, Any] = {
+        "Description": f"podmgr pod {pod.uuid} app {app.name}",
+        "Slice": pod_slice(pod.uuid),
+        "CollectMode": "inactive-or-failed",
+        "Type": "exec",
+        "RootDirectory": app.rootfs,
+        "BindsTo": [app.rootfs_unit],
+        "After": [app.rootfs_unit],
+        "User": str(app.uid),
+        "Group": str(app.gid),
+        "SupplementaryGroups": [str(g) for g in app.supplementary_gids],
+        "WorkingDirectory": app.working_dir,
+        "Environment": [f"{k}={v}" for k, v in env.items()],
+        "SyslogIdentifier": app.name,
+        "LogExtraFields": [f"PODMGR_POD={pod.uuid}", f"PODMGR_APP={app.name}"],
+        "StandardOutput": "journal",
+        "StandardError": "journal",
+        "MountAPIVFS": True,
+        "PrivateDevices": True,
+        "PrivateIPC": True,
+        "ProtectKernelTunables": True,
+        "ProtectKernelModules": True,
+        "ProtectKernelLogs": True,
+        "ProtectControlGroups": True,
+        "KillMode": "mixed",
+        "TimeoutStopUSec": 10_000_000,
+        "Restart": app.restart.value,
+        "RestartUSec": 100_000,
+        "MemoryAccounting": True,
+        "CPUAccounting": True,
+        "TasksAccounting": True,
+    }
+    for key in ("MemoryMax", "MemoryLow", "CPUQuotaPerSecUSec", "CPUWeight"):
+        # The pod's slice bounds its apps already; repeating the bound on the app keeps
+        # the app's own accounting honest when only the pod sets a limit.
+        bounded = _bounded(mem_app.get(key), mem_pod.get(key) if key != "CPUWeight" else None)
+        if bounded is not None:
+            props[key] = bounded
+    oom = _find(app.isolators, iso.OOMScoreAdjIsolator) or _find(
+        pod.isolators, iso.OOMScoreAdjIsolator
+    )
+    if oom is not None:
+        props["OOMScoreAdjust"] = oom.value
+    bounding, ambient = capability_sets(app.isolators, app.uid)
+    props["CapabilityBoundingSet"] = bounding
+    if ambient is not None:
+        props["AmbientCapabilities"] = ambient
+    nnp = _find(app.isolators, iso.NoNewPrivilegesIsolator)
+    # Secure by default: no_new_privs unless the manifest explicitly turns it off.
+    props["NoNewPrivileges"] = True if nnp is None else bool(nnp.value)
+    props.update(seccomp_properties(app.isolators))
+    props["ExecStartEx"] = [_exec(app.exec)]
+    if app.pre_start:
+        props["ExecStartPreEx"] = [_exec(app.pre_start)]
+    stop_post = []
+    if app.post_stop:
+        stop_post.append(_exec(app.post_stop, ["ignore-failure"]))
+    if pod.exit_hook:
+        # Privileged: runs outside the app's root and confinement, to record its exit
+        # status in the pod directory even after systemd has collected the unit.
+        stop_post.append(_exec([*pod.exit_hook, app.name], ["privileged", "ignore-failure"]))
+    if stop_post:
+        props["ExecStopPostEx"] = stop_post
+    binds = [(b.source, b.target, False, MS_REC if b.recursive else 0) for b in app.binds]
+    ro_binds = [b for b in binds if any(x.read_only and x.target == b[1] for x in app.binds)]
+    rw_binds = [b for b in binds if b not in ro_binds]
+    if pod.shm_dir:
+        rw_binds.append((pod.shm_dir, "/dev/shm", False, 0))
+    if rw_binds:
+        props["BindPaths"] = rw_binds
+    if ro_binds:
+        props["BindReadOnlyPaths"] = ro_binds
+    if app.read_only_rootfs:
+        props["ReadOnlyPaths"] = ["/"]
+    if pod.net is NetMode.NONE:
+        props["PrivateNetwork"] = True
+    if others:
+        props["JoinsNamespaceOf"] = list(others)
+    if leader:
+        props["PropagatesStopTo"] = [pod_slice(pod.uuid)]
+    return props
+
+
+#: The fixed part of ExecStartEx-style properties: a(sasas).
+EXEC_EX_SIGNATURE = "a(sasas)"
