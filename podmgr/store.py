@@ -203,6 +203,12 @@ class _Lock:
     def release(self) -> None:
         os.close(self.fd)
 
+    def __enter__(self) -> _Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 class Store:
     """The image store under ``<dir>/cas`` (see the module docstring)."""

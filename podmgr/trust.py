@@ -79,6 +79,7 @@ __all__ = [
     "check_fingerprint",
     "check_name",
     "dearmor",
+    "default_store",
     "escape_prefix",
     "inspect_key",
     "inspect_keys",
@@ -302,6 +303,16 @@ def _fetch_small(url: str, allow_http: bool) -> bytes:
 
 # ---------------------------------------------------------------------------
 # The store
+
+
+def default_store() -> TrustStore:
+    """The trust store podmgr uses: ``$PODMGR_TRUST_DIR``/``$PODMGR_VENDOR_TRUST_DIR``
+    (as ``podmgr trust`` reads them) or the default roots."""
+    return TrustStore(
+        Path(os.environ.get("PODMGR_TRUST_DIR") or ADMIN_TRUST_DIR),
+        Path(os.environ.get("PODMGR_VENDOR_TRUST_DIR") or VENDOR_TRUST_DIR),
+    )
+
 
 
 class TrustStore:

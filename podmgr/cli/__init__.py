@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "version": ("podmgr.cli.version", "version", "Show versions of podmgr, appc and systemd."),
     "image": ("podmgr.cli.image", "image", "Build, inspect and manage App Container images."),
     "trust": ("podmgr.cli.trust", "trust", "Trust, list or remove image signing keys."),
+    "fetch": ("podmgr.cli.fetch", "fetch", "Fetch images into the store and print their IDs."),
     "run": ("podmgr.cli.pod", "run", "Run a pod attached; exit with its exit code."),
     "start": ("podmgr.cli.pod", "start", "Start a pod detached and print its UUID."),
     "prepare": ("podmgr.cli.pod", "prepare", "Prepare a pod without starting it."),

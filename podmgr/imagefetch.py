@@ -1,0 +1,422 @@
+"""Fetching images into the store: files, URLs, app names by discovery, with signatures.
+
+Public interface::
+
+    fetch(refs, *, store, options=None) -> FetchResult       # what `podmgr fetch` prints
+    fetch_images(refs, *, store, options=None) -> list[str]  # the image IDs, in order
+    FetchConfig(pull_policy=PullPolicy.NEW, insecure=frozenset(), signatures={},
+                trust=None, progress=None, http=None)
+    PullPolicy: new | update | never
+    Insecure: image | http | tls | all;  parse_insecure("http,tls") -> frozenset[Insecure]
+
+A reference is a path or ``file://`` URL, an ``http(s)://`` URL, an image ID or unique
+ID prefix (only from the store), or an app string ``name[:version][,label=value…]``.
+
+Pull policies: ``new`` takes an image from the store when it has one (an app string
+matched on name and the labels written; a URL fetched before), else fetches it;
+``update`` asks the server again unless the copy is still fresh by the
+``Cache-Control: max-age`` the server gave, sending the ETag so that an unchanged image is
+not downloaded again; ``never`` uses the store only. Local files are always read.
+
+Signatures (fail closed): the ASCII-armoured detached signature of the file as served is
+``signatures[ref]`` (a path or URL), else ``<image>.asc`` beside the file or URL, else
+the discovery template with ``{ext}`` = ``aci.asc``. It must verify with a key trusted
+for the image's name (:func:`podmgr.trust.verify`), before anything is added to the
+store; otherwise UntrustedError (exit 1). ``Insecure.IMAGE`` skips the check with a
+logged warning. The store records whether and by whom each image was verified.
+
+Dependencies are fetched recursively after their image: from the store when a stored
+image matches the name and labels (and the ``imageID`` when given), else by discovery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from podmgr.errors import InvalidError, NetworkError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from podmgr.fetch.discovery import AppString
+    from podmgr.fetch.http import FetchOptions
+    from podmgr.store import Store
+    from podmgr.trust import TrustStore
+
+log = logging.getLogger(__name__)
+
+#: Dependency chains longer than this are refused (they are cycles in practice).
+MAX_DEPTH = 32
+
+
+class PullPolicy(enum.StrEnum):
+    NEW = "new"
+    UPDATE = "update"
+    NEVER = "never"
+
+
+class Insecure(enum.StrEnum):
+    IMAGE = "image"
+    HTTP = "http"
+    TLS = "tls"
+    ALL = "all"
+
+
+def parse_insecure(value: str | Iterable[str]) -> frozenset[Insecure]:
+    """``"http,tls"`` → {HTTP, TLS}; ``all`` means every one; ``none`` or "" nothing."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: set[Insecure] = set()
+    for item in (i.strip().lower() for i in items):
+        if item in ("", "none"):
+            continue
+        try:
+            out.add(Insecure(item))
+        except ValueError:
+            known = ", ".join(i.value for i in Insecure)
+            raise UsageError(
+                f"unknown --insecure-options value {item!r}", hint=f"use one or more of: {known}"
+            ) from None
+    if Insecure.ALL in out:
+        out.update(Insecure)
+    return frozenset(out)
+
+
+class Progress(Protocol):
+    def __call__(self, done: int, total: int | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchConfig:
+    pull_policy: PullPolicy = PullPolicy.NEW
+    insecure: frozenset[Insecure] = frozenset()
+    #: ref -> signature path or URL, for the references given by the user.
+    signatures: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: None: :func:`podmgr.trust.default_store` (honours ``$PODMGR_TRUST_DIR``).
+    trust: TrustStore | None = None
+    #: label -> a progress callback (the CLI draws a bar on a terminal).
+    progress: Callable[[str], Progress] | None = None
+    #: Timeouts etc.; allow_http/insecure_tls are set from ``insecure``.
+    http: FetchOptions | None = None
+
+    def fetch_options(self) -> FetchOptions:
+        from podmgr.fetch.http import FetchOptions
+
+        base = self.http or FetchOptions()
+        return dataclasses.replace(
+            base,
+            allow_http=base.allow_http or Insecure.HTTP in self.insecure,
+            insecure_tls=base.insecure_tls or Insecure.TLS in self.insecure,
+        )
+
+
+@dataclasses.dataclass
+class Fetched:
+    ref: str
+    id: str
+    name: str
+    #: store, file, url or discovery
+    source: str
+    verified: bool
+    fingerprint: str | None
+
+
+@dataclasses.dataclass
+class FetchResult:
+    kind: ClassVar[str] = "image-fetch"
+    images: list[Fetched]
+
+    def text(self) -> str:
+        return "\n".join(f.id for f in self.images)
+
+    def data(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(f) for f in self.images]
+
+
+def fetch(refs: Sequence[str], *, store: Store, options: FetchConfig | None = None) -> FetchResult:
+    """Fetch every reference (and its dependencies) into ``store``."""
+    f = _Fetcher(store, options or FetchConfig())
+    return FetchResult([f.fetch(ref) for ref in refs])
+
+
+def fetch_images(
+    refs: Sequence[str], *, store: Store, options: FetchConfig | None = None
+) -> list[str]:
+    """The image IDs of ``refs``, fetched as ``podmgr fetch`` would (default policy new)."""
+    return [f.id for f in fetch(refs, store=store, options=options).images]
+
+
+def _download_name(url: str) -> str:
+    return "dl-" + hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+class _Fetcher:
+    def __init__(self, store: Store, cfg: FetchConfig) -> None:
+        from podmgr.trust import default_store
+
+        self.store = store
+        self.cfg = cfg
+        self.policy = cfg.pull_policy
+        self.http = cfg.fetch_options()
+        self.trust = cfg.trust or default_store()
+        self._deps_done: set[str] = set()
+
+    def fetch(self, ref: str) -> Fetched:
+        from podmgr.fetch import ref_kind
+        from podmgr.fetch.discovery import parse_app_string
+        from podmgr.fetch.file import local_path
+
+        sig = self.cfg.signatures.get(ref)
+        if ref.lower().startswith("sha512-"):
+            iid = self.store.resolve(ref)
+            out = self._stored(ref, iid)
+        elif (kind := ref_kind(ref)) == "file":
+            out = self._file(ref, local_path(ref), sig)
+        elif kind == "url":
+            out = self._url(ref, ref, sig)
+        else:
+            out = self._app(ref, parse_app_string(ref), sig)
+        self._dependencies(out.id, 0)
+        return out
+
+    def _stored(self, ref: str, iid: str, source: str = "store") -> Fetched:
+        info = self.store.get(iid)
+        if info is None:
+            raise NotFoundError(f"image {iid[:19]} is not in the store")
+        return Fetched(ref, iid, info.name, source, info.verified, info.fingerprint)
+
+    # -- signatures ------------------------------------------------------------------
+
+    def _verify(self, image: Path, sig: Path | None, name: str) -> tuple[bool, str | None]:
+        from podmgr.trust import verify
+
+        if Insecure.IMAGE in self.cfg.insecure:
+            log.warning(
+                "not verifying the signature of %s (--insecure-options=image): "
+                "it will be used unverified",
+                name,
+            )
+            return False, None
+        v = verify(image, sig, name, store=self.trust)
+        return True, v.fingerprint
+
+    @contextlib.contextmanager
+    def _signature(self, explicit: str | None, beside: str) -> Any:
+        """The signature file to check (None if there is none), removed afterwards."""
+        from podmgr.fetch import ref_kind
+        from podmgr.fetch.file import local_path
+
+        if Insecure.IMAGE in self.cfg.insecure and explicit is None:
+            yield None
+            return
+        source = explicit or beside
+        if ref_kind(source) == "file":
+            try:
+                yield local_path(source)
+            except NotFoundError:
+                if explicit is not None:
+                    raise
+                yield None
+            return
+        from podmgr.fetch.http import HTTPStatusError, download
+
+        name = _download_name(source) + ".asc"
+        with self.store.lock(f"url-{name}"):
+            try:
+                dl = download(source, self.store.downloads, options=self.http, name=name)
+            except HTTPStatusError as e:
+                if e.status != 404 or explicit is not None:
+                    raise
+                yield None
+                return
+            try:
+                yield dl.path
+            finally:
+                if dl.path is not None:
+                    dl.path.unlink(missing_ok=True)
+
+    # -- sources ---------------------------------------------------------------------
+
+    def _file(self, ref: str, path: Path, sig: str | None) -> Fetched:
+        from podmgr import aci
+        from podmgr.schema import parse_image_manifest
+
+        manifest_bytes = aci.read_manifest(path)
+        name = parse_image_manifest(manifest_bytes).name
+        with self._signature(sig, str(path) + ".asc") as sig_path:
+            verified, fpr = self._verify(path, sig_path, name)
+        info = self.store.add(
+            path, verified=verified, fingerprint=fpr, manifest_bytes=manifest_bytes
+        )
+        return Fetched(ref, info.id, info.name, "file", info.verified, info.fingerprint)
+
+    def _url(
+        self,
+        ref: str,
+        url: str,
+        sig: str | None,
+        *,
+        sig_url: str | None = None,
+        want_name: str | None = None,
+        expected_id: str | None = None,
+        source: str = "url",
+    ) -> Fetched:
+        from podmgr.store import Remote
+
+        remote = self.store.remote(url)
+        if remote is not None and self._fresh(remote):
+            return self._stored(ref, remote.image_id)
+        if self.policy is PullPolicy.NEVER:
+            raise NotFoundError(
+                f"image {url} is not in the store and --pull-policy=never forbids fetching it",
+                hint="fetch it first, or use --pull-policy=new",
+            )
+        name = _download_name(url)
+        with self.store.lock(f"url-{name}"):
+            remote = self.store.remote(url)
+            if remote is not None and self._fresh(remote):
+                return self._stored(ref, remote.image_id)
+            dl = self._download(url, name, remote)
+            if dl.not_modified:
+                assert remote is not None
+                self.store.record_remote(
+                    dataclasses.replace(
+                        remote,
+                        etag=dl.etag or remote.etag,
+                        last_modified=dl.last_modified or remote.last_modified,
+                        max_age=dl.max_age,
+                        downloaded=time.time(),
+                    )
+                )
+                return self._stored(ref, remote.image_id)
+            assert dl.path is not None
+            try:
+                info = self._import_download(
+                    dl.path, sig, sig_url or url + ".asc", want_name, expected_id
+                )
+            finally:
+                dl.path.unlink(missing_ok=True)
+            self.store.record_remote(
+                Remote(url, dl.etag, dl.last_modified, dl.max_age, time.time(), info.id)
+            )
+        return Fetched(ref, info.id, info.name, source, info.verified, info.fingerprint)
+
+    def _fresh(self, remote: Any) -> bool:
+        if self.policy is not PullPolicy.UPDATE:
+            return True
+        return bool(remote.max_age) and remote.downloaded + remote.max_age > time.time()
+
+    def _download(self, url: str, name: str, remote: Any) -> Any:
+        from podmgr.fetch.http import CacheInfo, download
+
+        cache = CacheInfo(remote.etag, remote.last_modified) if remote is not None else None
+        bar = self.cfg.progress(url) if self.cfg.progress is not None else None
+        try:
+            return download(
+                url, self.store.downloads, cache=cache, options=self.http, progress=bar, name=name
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _import_download(
+        self,
+        path: Path,
+        sig: str | None,
+        sig_url: str,
+        want_name: str | None,
+        expected_id: str | None,
+    ) -> Any:
+        from podmgr import aci
+        from podmgr.schema import parse_image_manifest
+
+        manifest_bytes = aci.read_manifest(path)
+        name = parse_image_manifest(manifest_bytes).name
+        if want_name is not None and name != want_name:
+            raise InvalidError(
+                f"discovery for {want_name} served an image named {name}",
+                hint="the server's discovery templates point at the wrong image",
+            )
+        with self._signature(sig, sig_url) as sig_path:
+            verified, fpr = self._verify(path, sig_path, name)
+        return self.store.add(
+            path,
+            take=True,
+            verified=verified,
+            fingerprint=fpr,
+            expected_id=expected_id,
+            manifest_bytes=manifest_bytes,
+        )
+
+    def _app(
+        self, ref: str, app: AppString, sig: str | None, expected_id: str | None = None
+    ) -> Fetched:
+        from podmgr.fetch.discovery import discover
+
+        if expected_id is not None and self.store.has(expected_id):
+            return self._stored(ref, expected_id)
+        if self.policy is not PullPolicy.UPDATE:
+            found = self.store.find(app.name, {k: app.labels[k] for k in app.explicit})
+            if found and expected_id is None:
+                return self._stored(ref, found[0])
+            if self.policy is PullPolicy.NEVER:
+                raise NotFoundError(
+                    f"image {app} is not in the store and --pull-policy=never forbids fetching it",
+                    hint="fetch it first, or use --pull-policy=new",
+                )
+        endpoints = discover(app, self.http)
+        last: NetworkError | None = None
+        for url, sig_url in zip(endpoints.acis, endpoints.signatures, strict=True):
+            try:
+                return self._url(
+                    ref,
+                    url,
+                    sig,
+                    sig_url=sig_url,
+                    want_name=app.name,
+                    expected_id=expected_id,
+                    source="discovery",
+                )
+            except NetworkError as e:
+                log.debug("fetching %s failed: %s", url, e)
+                last = e
+        assert last is not None
+        raise last
+
+    # -- dependencies ----------------------------------------------------------------
+
+    def _dependencies(self, image_id: str, depth: int) -> None:
+        from podmgr.fetch.discovery import AppString, host_os_arch
+
+        if image_id in self._deps_done:
+            return
+        if depth > MAX_DEPTH:
+            raise InvalidError(f"dependencies of {image_id[:19]} nest deeper than {MAX_DEPTH}")
+        for dep in self.store.manifest(image_id).dependencies:
+            labels = dep.labels.as_dict()
+            try:
+                dep_id = self.store.resolve_dependency(dep)
+            except (NotFoundError, InvalidError) as e:
+                if isinstance(e, InvalidError) and dep.image_id is None:
+                    raise
+                os_, arch = host_os_arch()
+                app = AppString(
+                    dep.image_name,
+                    {"version": "latest", "os": os_, "arch": arch, **labels},
+                    frozenset(labels),
+                )
+                dep_id = self._app(str(app), app, None, dep.image_id).id
+                if dep.image_id is not None and dep_id != dep.image_id:
+                    raise InvalidError(
+                        f"dependency {dep.image_name}: image ID mismatch: the manifest asks "
+                        f"for {dep.image_id[:19]}…, discovery gave {dep_id[:19]}…"
+                    ) from None
+            self._dependencies(dep_id, depth + 1)
+        self._deps_done.add(image_id)

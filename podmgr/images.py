@@ -1,0 +1,214 @@
+"""The ``podmgr image`` operations on the store, as result objects for the CLI.
+
+Public interface::
+
+    list_images(store, *, full=False) -> ImageList
+    remove_images(store, refs) -> Removed
+    gc_images(store, grace_seconds) -> GCResult
+    export_image(store, ref, out) -> Exported
+    extract_image(store, ref, dest, *, rootfs_only, render) -> Extracted
+    cat_manifest(store, ref, *, pretty) -> ManifestText
+    parse_duration("24h") -> float seconds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from podmgr.errors import UsageError
+
+if TYPE_CHECKING:
+    from podmgr.store import ImageInfo, Store
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``24h``, ``1h30m``, ``90s``, ``2d`` or a bare number of seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(t) or not t:
+        raise UsageError(
+            f"invalid duration {text!r}", hint="write it like 24h, 90m, 1h30m, 45s or 2d"
+        )
+    return total
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short_id(image_id: str) -> str:
+    return image_id[:19]
+
+
+def human_size(n: int) -> str:
+    from podmgr.fetch.progress import human_size as hs
+
+    return hs(n)
+
+
+@dataclasses.dataclass
+class ImageList:
+    kind: ClassVar[str] = "image-list"
+    images: list[ImageInfo]
+    full: bool = False
+
+    def text(self) -> str:
+        rows = [("ID", "NAME", "VERSION", "SIZE", "IMPORTED", "LAST USED", "VERIFIED")]
+        for i in self.images:
+            rows.append(
+                (
+                    i.id if self.full else short_id(i.id),
+                    i.name,
+                    i.version or "-",
+                    human_size(i.size),
+                    _ago(i.imported),
+                    _ago(i.last_used),
+                    "yes" if i.verified else "no",
+                )
+            )
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        )
+
+    def data(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": i.id,
+                "name": i.name,
+                "version": i.version,
+                "labels": i.labels,
+                "size": i.size,
+                "uncompressedSize": i.uncompressed_size,
+                "importTime": _iso(i.imported),
+                "lastUsed": _iso(i.last_used),
+                "verified": i.verified,
+                "signerFingerprint": i.fingerprint,
+            }
+            for i in self.images
+        ]
+
+
+def list_images(store: Store, *, full: bool = False) -> ImageList:
+    return ImageList(store.images(), full)
+
+
+@dataclasses.dataclass
+class Removed:
+    kind: ClassVar[str] = "image-rm"
+    ids: list[str]
+
+    def text(self) -> str:
+        return "\n".join(f"removed {i}" for i in self.ids)
+
+    def data(self) -> dict[str, Any]:
+        return {"removed": self.ids}
+
+
+def remove_images(store: Store, refs: list[str]) -> Removed:
+    """Resolve every reference first, so that a typo removes nothing."""
+    ids = list(dict.fromkeys(store.resolve(r) for r in refs))
+    for iid in ids:
+        store.remove(iid)
+    return Removed(ids)
+
+
+@dataclasses.dataclass
+class GCResult:
+    kind: ClassVar[str] = "image-gc"
+    images: list[str]
+    trees: list[str]
+    stale_pins: list[str]
+
+    def text(self) -> str:
+        lines = [f"removed image {i}" for i in self.images]
+        lines += [f"removed tree {t}" for t in self.trees]
+        lines += [f"dropped stale pins of pod {p}" for p in self.stale_pins]
+        return "\n".join(lines)
+
+    def data(self) -> dict[str, Any]:
+        return {"images": self.images, "trees": self.trees, "stalePins": self.stale_pins}
+
+
+def gc_images(store: Store, grace: float) -> GCResult:
+    r = store.gc(grace)
+    return GCResult(r.images, r.trees, r.stale_pins)
+
+
+@dataclasses.dataclass
+class Exported:
+    kind: ClassVar[str] = "image-export"
+    id: str
+    path: Path
+    size: int
+
+    def text(self) -> str:
+        return self.id
+
+
+def export_image(store: Store, ref: str, out: Path) -> Exported:
+    iid = store.resolve(ref)
+    return Exported(iid, out, store.export(iid, out))
+
+
+@dataclasses.dataclass
+class Extracted:
+    kind: ClassVar[str] = "image-extract"
+    id: str
+    path: Path
+    rendered: bool
+
+    def text(self) -> str:
+        return str(self.path)
+
+
+def extract_image(
+    store: Store, ref: str, dest: Path, *, rootfs_only: bool, render: bool
+) -> Extracted:
+    iid = store.resolve(ref)
+    store.extract(iid, dest, rootfs_only=rootfs_only, render=render)
+    return Extracted(iid, dest, render)
+
+
+@dataclasses.dataclass
+class ManifestText:
+    kind: ClassVar[str] = "image-manifest"
+    id: str
+    raw: bytes
+    pretty: bool
+
+    def text(self) -> str:
+        if self.pretty:
+            return json.dumps(json.loads(self.raw), indent=2)
+        return self.raw.decode("utf-8", "replace").rstrip("\n")
+
+    def data(self) -> Any:
+        return json.loads(self.raw)
+
+
+def cat_manifest(store: Store, ref: str, *, pretty: bool) -> ManifestText:
+    iid = store.resolve(ref)
+    return ManifestText(iid, store.manifest_bytes(iid), pretty)
