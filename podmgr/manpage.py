@@ -19,10 +19,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import click
+
+from podmgr import __version__
 
 PROG = "podmgr"
 COMPLETE_VAR = "_PODMGR_COMPLETE"
@@ -92,13 +93,6 @@ def short_help(command: click.Command) -> str:
     return command.get_short_help_str(limit=200).rstrip(".") or PROG
 
 
-def package_version() -> str:
-    try:
-        return version(PROG)
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def page_date() -> str:
     # Reproducible builds set SOURCE_DATE_EPOCH; without it the page carries no date
     # rather than the build's.
@@ -112,7 +106,7 @@ def render(page: Page, see_also: list[tuple[str, int]]) -> str:
     cmd, ctx = page.command, page.ctx
     title = esc(page.name.upper())
     lines = [
-        f'.TH "{title}" "1" "{page_date()}" "podmgr {esc(package_version())}" "podmgr manual"',
+        f'.TH "{title}" "1" "{page_date()}" "podmgr {esc(__version__)}" "podmgr manual"',
         ".SH NAME",
         f"{esc(page.name)} \\- {esc(short_help(cmd))}",
         ".SH SYNOPSIS",
