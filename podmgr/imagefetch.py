@@ -337,6 +337,10 @@ class _Fetcher:
         from podmgr import aci
         from podmgr.schema import parse_image_manifest
 
+        if want_name is not None:
+            # The name is known: verify before parsing anything an attacker may have sent.
+            with self._signature(sig, sig_url) as sig_path:
+                verified, fpr = self._verify(path, sig_path, want_name)
         manifest_bytes = aci.read_manifest(path)
         name = parse_image_manifest(manifest_bytes).name
         if want_name is not None and name != want_name:
@@ -344,8 +348,9 @@ class _Fetcher:
                 f"discovery for {want_name} served an image named {name}",
                 hint="the server's discovery templates point at the wrong image",
             )
-        with self._signature(sig, sig_url) as sig_path:
-            verified, fpr = self._verify(path, sig_path, name)
+        if want_name is None:
+            with self._signature(sig, sig_url) as sig_path:
+                verified, fpr = self._verify(path, sig_path, name)
         return self.store.add(
             path,
             take=True,
