@@ -151,3 +151,10 @@ def test_debian_changelog_version_matches_the_package() -> None:
 
     first = (REPO / "debian/changelog").read_text().splitlines()[0]
     assert first.startswith(f"podmgr ({__version__})"), first
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_packaging_scripts_pass_shellcheck() -> None:
+    scripts = [str(REPO / "packaging/mksysext"), str(REPO / "packaging/deb")]
+    p = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout
