@@ -28,6 +28,7 @@ test-system:
 
 bench:
 	$(PYTHON) bench/cli_startup
+	$(PYTHON) bench/image_import
 
 ## A Debian 13 tree for booting systemd 257 in the box (needs network to the Debian mirror).
 debian13-root: build/trixie-root/usr/lib/systemd/systemd
