@@ -212,3 +212,63 @@ class ManifestText:
 def cat_manifest(store: Store, ref: str, *, pretty: bool) -> ManifestText:
     iid = store.resolve(ref)
     return ManifestText(iid, store.manifest_bytes(iid), pretty)
+
+
+@dataclasses.dataclass
+class Checked:
+    path: str
+    #: ImageManifest, PodManifest, image layout or image archive
+    what: str
+    name: str | None
+    error: str | None
+
+
+@dataclasses.dataclass
+class Validation:
+    kind: ClassVar[str] = "image-validate"
+    files: list[Checked]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.files if c.error is not None)
+
+    def text(self) -> str:
+        return "\n".join(
+            f"{c.path}: invalid {c.what}: {c.error}"
+            if c.error
+            else f"{c.path}: valid {c.what}" + (f" {c.name}" if c.name else "")
+            for c in self.files
+        )
+
+
+def _check_one(path: Path) -> Checked:
+    from podmgr import aci
+    from podmgr.errors import PodmgrError
+    from podmgr.schema import parse_image_manifest, parse_manifest
+
+    what = "image archive"
+    try:
+        if path.is_dir():
+            what = "image layout"
+            if not (path / "rootfs").is_dir():
+                raise PodmgrError("rootfs/ is missing or not a directory")
+            m = parse_image_manifest((path / "manifest").read_bytes())
+            return Checked(str(path), what, m.name, None)
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+        if head.startswith(b"{"):
+            what = "manifest"
+            doc = parse_manifest(path.read_bytes())
+            name = getattr(doc, "name", None)
+            return Checked(str(path), type(doc).__name__, name, None)
+        res = aci.validate(path)
+        return Checked(str(path), what, parse_image_manifest(res.manifest_bytes).name, None)
+    except PodmgrError as e:
+        return Checked(str(path), what, None, e.message)
+    except OSError as e:
+        return Checked(str(path), what, None, e.strerror or str(e))
+
+
+def validate_files(paths: list[Path]) -> Validation:
+    """Check each manifest JSON file, image layout directory or image archive."""
+    return Validation([_check_one(p) for p in paths])

@@ -151,3 +151,17 @@ def cat_manifest(obj: Ctx, pretty_print: bool, ref: str) -> None:
 
     with _store(obj) as store:
         emit(cat(store, ref, pretty=pretty_print))
+
+
+@image.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@format_option
+def validate(files: tuple[Path, ...]) -> None:
+    """Check manifests (JSON), image layout directories and image archives."""
+    from podmgr.errors import InvalidError
+    from podmgr.images import validate_files
+
+    result = validate_files(list(files))
+    emit(result)
+    if result.failed:
+        raise InvalidError(f"{result.failed} of {len(result.files)} files are not valid")

@@ -280,3 +280,17 @@ def test_cli_image_commands(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert podmgr(state, "image", "rm", "example.com/a").returncode == 0
     assert json.loads(podmgr(state, "image", "list", "--format=json").stdout)["data"] == []
+
+
+def test_cli_image_validate(tmp_path: Path) -> None:
+    aci, _ = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    layout = tmp_path / "a.aci.layout"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "Bad Name"}')
+    p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(layout),
+               str(layout / "manifest"))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("valid") == 3 and "example.com/a" in p.stdout
+    p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(bad))
+    assert p.returncode == 4
+    assert "bad.json: invalid" in p.stdout and "name" in p.stdout
