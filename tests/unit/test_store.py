@@ -290,7 +290,7 @@ def test_cli_image_validate(tmp_path: Path) -> None:
     p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(layout),
                str(layout / "manifest"))  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count("valid") == 3 and "example.com/a" in p.stdout
+    assert p.stdout.count(": valid ") == 3 and "example.com/a" in p.stdout
     p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(bad))
     assert p.returncode == 4
     assert "bad.json: invalid" in p.stdout and "name" in p.stdout
