@@ -31,6 +31,7 @@ def _argv(
     since: str | None = None,
     lines: int | None = None,
     after_cursor: str | None = None,
+    all_lines: bool = False,
 ) -> list[str]:
     argv = ["journalctl", "-o", "json", "--no-pager", "-q", f"PODMGR_POD={uuid}"]
     if app:
@@ -41,6 +42,8 @@ def _argv(
         argv.append(f"--since={since}")
     if lines is not None:
         argv.append(f"--lines={lines}")
+    elif all_lines:
+        argv.append("--lines=all")
     if after_cursor:
         argv.append(f"--after-cursor={after_cursor}")
     return argv
@@ -87,8 +90,9 @@ class Follower:
         app: str | None = None,
         since: str | None = None,
         lines: int | None = None,
+        all_lines: bool = False,
     ) -> None:
-        argv = _argv(uuid, app=app, follow=True, since=since, lines=lines)
+        argv = _argv(uuid, app=app, follow=True, since=since, lines=lines, all_lines=all_lines)
         log.debug("+ %s", " ".join(argv))
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1

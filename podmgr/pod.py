@@ -7,8 +7,9 @@ directory (:mod:`podmgr.podstate`) plus what systemd knows about the pod's units
 - **start** creates the units in one batch of ``StartTransientUnit`` calls: the pod's
   slice, then per app an overlay mount unit (aux) and a service; then registers the pod
   with machined. Nothing of podmgr stays running.
-- Each app's privileged ``ExecStopPost`` runs ``podmgr _app-exited``, which records the
-  exit status in the pod directory and applies the exit policy by stopping the pod's slice.
+- When an app ends for good, its ``OnSuccess``/``OnFailure`` unit runs ``podmgr
+  _app-exited``, which records the exit status in the pod directory and applies the exit
+  policy by stopping the pod's slice.
 """
 
 from __future__ import annotations
@@ -359,7 +360,7 @@ def _prepare_in(
 
 
 def exit_hook(state: Path, uuid: str) -> tuple[str, ...]:
-    # -I: the app's environment (PYTHONPATH, PYTHONHOME, …) must not steer the hook.
+    # -I: no environment variable (PYTHONPATH, …) may steer a privileged hook.
     return (sys.executable, "-I", "-m", "podmgr", "--dir", str(state), "_app-exited", uuid)
 
 
@@ -426,7 +427,13 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
         )
         others = [s for s in services if s != services[i]]
         props = units.app_properties(a, p, leader=(i == 0), others=others)
-        batch.append((services[i], props, [(rec.rootfs_unit, mount)]))
+        hook_props = units.exit_hook_properties(p, a.name)
+        aux = [
+            (rec.rootfs_unit, mount),
+            (units.exit_hook_unit(record.uuid, a.name), hook_props),
+            (units.exit_hook_unit(record.uuid, a.name, failed=True), hook_props),
+        ]
+        batch.append((services[i], props, aux))
     return batch
 
 
@@ -440,6 +447,12 @@ def start(state: Path, uuid: str, *, bus: str | None = None) -> PodRecord:
     if record.started is not None:
         raise ConflictError(f"pod {uuid} has been started already", hint="prepare a new pod")
     batch = unit_batch(state, record)
+    from podmgr import userdb
+
+    userdb.ensure(
+        [a.uid for a in record.apps],
+        [g for a in record.apps for g in (a.gid, *a.supplementary_gids)],
+    )
     record = record.model_copy(update={"started": podstate.now(), "boot_id": podstate.boot_id()})
     podstate.save(pdir, record)
     with systemd.connect(bus) as sd:

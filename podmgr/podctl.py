@@ -13,6 +13,7 @@ import os
 import shutil
 import signal as signals
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 from podmgr import journal, podstate, units
 from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
 from podmgr.podstate import AppExit, PodRecord
-from podmgr.units import ExitPolicy, RestartPolicy
+from podmgr.units import ExitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,16 @@ def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
 
 
 def exit_status(ex: AppExit) -> int:
-    return ex.status if ex.status is not None else (0 if ex.result == "success" else 1)
+    # "success" covers an app that the pod's own stop ended with SIGTERM: not a failure.
+    if ex.result == "success":
+        return 0
+    return ex.status if ex.status is not None and ex.status != 0 else 1
+
+
+def _alive(props: Mapping[str, Any]) -> bool:
+    """Running, or about to: a queued start job leaves ActiveState inactive."""
+    job = props.get("Job")
+    return props.get("ActiveState") in _RUNNING or bool(job and job[0])
 
 
 def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
@@ -76,15 +86,16 @@ def _signal_number(name: str) -> int | None:
 
 
 def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
-    """Record an app's exit (from systemd's $SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) and
-    apply the pod's exit policy. Runs as the app's privileged ExecStopPost."""
+    """Record an app's exit (systemd's $MONITOR_SERVICE_RESULT, $MONITOR_EXIT_CODE and
+    $MONITOR_EXIT_STATUS) and apply the pod's exit policy. Runs as the app's
+    OnSuccess=/OnFailure= unit, so only once systemd will not restart the app."""
     from podmgr import systemd
 
     pdir = podstate.pod_dir(state, uuid)
     record = podstate.load(pdir)
-    result = env.get("SERVICE_RESULT", "success")
-    code = env.get("EXIT_CODE") or None
-    raw = env.get("EXIT_STATUS", "")
+    result = env.get("MONITOR_SERVICE_RESULT", "success")
+    code = env.get("MONITOR_EXIT_CODE") or None
+    raw = env.get("MONITOR_EXIT_STATUS", "")
     status: int | None = None
     sig: str | None = None
     if code == "exited" and raw.lstrip("-").isdigit():
@@ -105,14 +116,14 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         slice_unit = units.pod_slice(uuid)
         if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
             return  # the pod is being stopped as a whole
-        if me.restart is RestartPolicy.ALWAYS or (
-            me.restart is RestartPolicy.ON_FAILURE and failed
-        ):
-            props = sd.unit_properties(me.unit, ["Job"])
-            if not props.get("Job") or props["Job"][0] == 0:
-                return  # systemd restarts it; the pod goes on
+        # The first app is the machine's leader: machinectl terminate stops its unit, and
+        # that means the whole pod. (PropagatesStopTo= would also fire when it just exits.)
+        stopped = code in ("killed", "dumped") and result == "success"
+        if stopped and me is record.apps[0]:
+            sd.stop_unit(slice_unit, wait=False)
+            return
         others = [a.unit for a in record.apps if a.name != app]
-        running = [u for u in others if sd.unit_status(u).get("ActiveState") in _RUNNING]
+        running = [u for u in others if _alive(sd.unit_properties(u, ["ActiveState", "Job"]))]
         policy = record.exit_policy
         if (
             not running
@@ -137,8 +148,19 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
         # The slice outlives its apps only until the exit hook stops it.
         with contextlib.suppress(systemd.BusError):
             sd.wait_for_state(units.pod_slice(uuid), timeout=timeout)
+    _await_exit_records(pdir, record, timeout=10.0)
     code = pod_exit_code(pdir, record)
     return 0 if code is None else code
+
+
+def _await_exit_records(pdir: Path, record: PodRecord, timeout: float) -> None:
+    """The exit hooks run right after their apps end; give them a moment to record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(podstate.app_exit(pdir, a.name) is not None for a in record.apps):
+            return
+        time.sleep(0.01)
+    log.warning("pod %s: no exit status recorded for some apps", record.uuid)
 
 
 def wait_ready(
@@ -184,7 +206,10 @@ def run_attached(
     Ctrl-C or SIGTERM stops the pod (then returns 130)."""
     from podmgr import pod
 
-    follower = journal.Follower(uuid, lines=None) if follow_logs else None
+    # Follow from a point in time, not from the journal's tail: journalctl -f that starts
+    # at the tail misses entries written while it sets up.
+    since = f"@{int(time.time()) - 1}"
+    follower = journal.Follower(uuid, since=since, all_lines=True) if follow_logs else None
     thread = None
     if follower is not None:
         f = follower

@@ -7,6 +7,7 @@ do not pay pydantic's import cost at start-up.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import json
 from pathlib import Path
@@ -38,6 +39,8 @@ def _jsonable(value: Any) -> Any:
         return value.value
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -142,6 +142,14 @@ def app_service(uuid: str, app: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}-{app}.service"
 
 
+def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
+    # "exit" cannot start a pod's hex UUID, so this never collides with an app's unit.
+    # Two units, because systemd passes no $MONITOR_* to a unit that is both the
+    # OnSuccess= and the OnFailure= of one unit ("multiple trigger source candidates").
+    kind = "exitfail" if failed else "exit"
+    return f"{UNIT_PREFIX}{kind}-{pod_hex(uuid)}-{app}.service"
+
+
 def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
 
@@ -213,8 +221,8 @@ class PodPlan:
     apps: tuple[AppPlan, ...]
     isolators: tuple[Any, ...] = ()
     net: NetMode = NetMode.HOST
-    #: Privileged ExecStopPost that records the app's exit and applies the exit policy;
-    #: the app's name is appended.
+    #: The command (run outside the pod) that records an app's exit and applies the exit
+    #: policy; the app's name is appended.
     exit_hook: tuple[str, ...] = ()
     #: A pod-private directory shared by its apps as /dev/shm.
     shm_dir: str | None = None
@@ -374,6 +382,17 @@ def mount_properties(*, lower: Sequence[str], upper: str, work: str, where: str)
     }
 
 
+def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
+    """The oneshot unit that records an app's exit and applies the pod's exit policy."""
+    return {
+        "Description": f"podmgr pod {pod.uuid} app {app} exit",
+        "Type": "oneshot",
+        "Slice": SLICE,
+        "CollectMode": "inactive-or-failed",
+        "ExecStart": [(pod.exit_hook[0], [*pod.exit_hook, app], False)],
+    }
+
+
 def _exec(argv: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, list[str], list[str]]:
     return (argv[0], list(argv), list(flags))
 
@@ -394,8 +413,8 @@ def app_properties(
 ) -> dict[str, Any]:
     """The transient service for one app of a pod.
 
-    ``leader`` marks the app whose main process is registered with machined: stopping it
-    (``machinectl terminate``) stops the whole pod, through ``PropagatesStopTo``.
+    ``leader`` marks the app whose main process is registered with machined; when it is
+    stopped (``machinectl terminate``), its exit hook stops the whole pod.
     ``others`` are the other apps' services, which share its IPC (and, with
     ``--net=none``, network) namespace.
     """
@@ -457,15 +476,14 @@ def app_properties(
     props["ExecStartEx"] = [_exec(app.exec)]
     if app.pre_start:
         props["ExecStartPreEx"] = [_exec(app.pre_start)]
-    stop_post = []
     if app.post_stop:
-        stop_post.append(_exec(app.post_stop, ["ignore-failure"]))
+        props["ExecStopPostEx"] = [_exec(app.post_stop, ["ignore-failure"])]
     if pod.exit_hook:
-        # Privileged: runs outside the app's root and confinement, to record its exit
-        # status in the pod directory even after systemd has collected the unit.
-        stop_post.append(_exec([*pod.exit_hook, app.name], ["privileged", "ignore-failure"]))
-    if stop_post:
-        props["ExecStopPostEx"] = stop_post
+        # The exit hook is a unit of its own: an ExecStopPost runs inside the app's root
+        # even with "+", where podmgr does not exist. OnSuccess/OnFailure fire only once
+        # systemd will not restart the app, and pass its result as $MONITOR_*.
+        props["OnSuccess"] = [exit_hook_unit(pod.uuid, app.name)]
+        props["OnFailure"] = [exit_hook_unit(pod.uuid, app.name, failed=True)]
     binds = [(b.source, b.target, False, MS_REC if b.recursive else 0) for b in app.binds]
     ro_binds = [b for b in binds if any(x.read_only and x.target == b[1] for x in app.binds)]
     rw_binds = [b for b in binds if b not in ro_binds]
@@ -481,8 +499,6 @@ def app_properties(
         props["PrivateNetwork"] = True
     if others:
         props["JoinsNamespaceOf"] = list(others)
-    if leader:
-        props["PropagatesStopTo"] = [pod_slice(pod.uuid)]
     return props
 
 

@@ -1,0 +1,105 @@
+"""Helpers for pod tests: busybox images built with podmgr, and the CLI driven as a user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+APPLETS = (
+    "sh echo cat id ls sleep env grep mkdir touch true false head wc pwd stat test [ kill "
+    "readlink ps hostname dd tr nc wget ip"
+).split()
+
+
+def build_image(
+    out: Path,
+    name: str,
+    exec_: list[str] | None,
+    *,
+    user: str = "0",
+    group: str = "0",
+    extra_app: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
+    passwd: str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+    group_file: str = "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n",
+    dirs: tuple[str, ...] = ("tmp", "home/alice", "srv"),
+) -> Path:
+    """A busybox image, built with ``podmgr image build``; returns the .aci path."""
+    layout = out.parent / f"{out.name}.layout"
+    if layout.exists():
+        shutil.rmtree(layout)
+    root = layout / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy2("/bin/busybox", root / "bin/busybox")
+    for a in APPLETS:
+        os.symlink("busybox", root / "bin" / a)
+    (root / "etc/passwd").write_text(passwd)
+    (root / "etc/group").write_text(group_file)
+    for path, text in (files or {}).items():
+        p = root / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    manifest: dict[str, Any] = {
+        "acKind": "ImageManifest",
+        "acVersion": "0.8.11",
+        "name": name,
+        "labels": [
+            {"name": "version", "value": "1.0"},
+            {"name": "os", "value": "linux"},
+            {"name": "arch", "value": "amd64"},
+        ],
+    }
+    if exec_ is not None:
+        manifest["app"] = {"exec": exec_, "user": user, "group": group, **(extra_app or {})}
+    (layout / "manifest").write_text(json.dumps(manifest))
+    subprocess.run(
+        [sys.executable, "-m", "podmgr", "image", "build", str(layout), str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+class Podmgr:
+    """Drives ``python3 -m podmgr --dir DIR …`` the way a user would."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [sys.executable, "-m", "podmgr", "--dir", str(self.state), *args],
+            capture_output=True, text=True, timeout=timeout, input=input,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(
+                f"podmgr {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+            )
+        return p
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--format=json").stdout)["data"]
+
+
+def sh(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def host_state() -> dict[str, list[str]]:
+    """Units, mounts and pod directories that a pod could leave behind."""
+    units = sh("systemctl", "list-units", "--all", "--no-legend", "--plain", "podmgr*").stdout
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return {
+        "units": sorted(line.split()[0] for line in units.splitlines() if line.strip()),
+        "mounts": sorted(m for m in mounts if "/pods/" in m),
+    }

@@ -1,0 +1,311 @@
+"""Pods as transient units, observed through podmgr and through systemd's own tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podfix import Podmgr, build_image, host_state, sh
+
+INSECURE = "--insecure-options=image"
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
+    # /tmp in the box is a tmpfs: overlay upper layers cannot live on the box's overlay root.
+    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+def img(images: Path, name: str, exec_: list[str] | None, **kw: object) -> str:
+    return str(build_image(images / f"{name}.aci", f"example.com/{name}", exec_, **kw))  # type: ignore[arg-type]
+
+
+def unit_of(uuid: str, app: str) -> str:
+    return f"podmgr-{uuid.replace('-', '')}-{app}.service"
+
+
+def test_run_streams_output_and_returns_the_exit_code(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "hello", ["/bin/sh", "-c", "echo hello from $AC_APP_NAME; exit 3"])
+    p = pm("run", INSECURE, "--uuid-file-save", str(images / "hello.uuid"), aci, check=False)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout.splitlines() == ["hello from hello"]
+    uuid = (images / "hello.uuid").read_text().strip()
+    # The same output is in the journal under the app's unit and the pod's fields.
+    j = sh("journalctl", "-o", "cat", "-u", unit_of(uuid, "hello"))
+    assert "hello from hello" in j.stdout
+    j = sh("journalctl", "-o", "json", f"PODMGR_POD={uuid}")
+    entries = [json.loads(line) for line in j.stdout.splitlines()]
+    assert any(e["MESSAGE"] == "hello from hello" and e["SYSLOG_IDENTIFIER"] == "hello"
+               for e in entries)
+    st = pm.json("status", uuid)
+    assert st["state"] == "exited" and st["exit_code"] == 3
+    assert st["apps"][0]["exit"]["status"] == 3
+    assert pm("logs", uuid).stdout.splitlines() == ["hello from hello"]
+
+
+def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "sleeper", ["/bin/sleep", "600"])
+    uuid = pm("start", INSECURE, aci).stdout.strip()
+    unit = unit_of(uuid, "sleeper")
+    assert sh("systemctl", "is-active", unit).stdout.strip() == "active"
+    ps = sh("ps", "-eo", "args").stdout
+    assert not [line for line in ps.splitlines() if "podmgr" in line and "ps -eo" not in line]
+    assert pm.json("status", uuid)["state"] == "running"
+    listed = {p["uuid"]: p for p in pm.json("list")}
+    assert listed[uuid]["state"] == "running"
+    # machined knows the pod.
+    machines = sh("machinectl", "list", "--no-legend").stdout
+    assert f"podmgr-{uuid.replace('-', '')}" in machines
+    pm("stop", uuid[:8])
+    assert sh("systemctl", "is-active", unit).stdout.strip() != "active"
+    assert pm.json("status", uuid)["state"] == "exited"
+    pm("rm", uuid)
+    assert uuid not in {p["uuid"] for p in pm.json("list")}
+
+
+def test_machinectl_terminate_stops_the_whole_pod(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "sleeper2", ["/bin/sleep", "600"])
+    uuid = pm("start", INSECURE, aci, "--name", "a", "---", aci, "--name", "b").stdout.strip()
+    assert sh("systemctl", "is-active", unit_of(uuid, "a"), unit_of(uuid, "b")).returncode == 0
+    t = sh("machinectl", "terminate", f"podmgr-{uuid.replace('-', '')}")
+    assert t.returncode == 0, t.stderr
+    pm("status", "--wait=30s", uuid)
+    assert pm.json("status", uuid)["state"] == "exited"
+    for app in ("a", "b"):
+        assert sh("systemctl", "is-active", unit_of(uuid, app)).stdout.strip() != "active"
+
+
+def test_stop_force_kills(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "stubborn", ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"])
+    uuid = pm("start", INSECURE, aci).stdout.strip()
+    pm("stop", "--force", uuid)
+    st = pm.json("status", uuid)
+    assert st["state"] == "exited"
+    assert st["apps"][0]["exit"]["signal"] == "KILL"
+
+
+def test_prepare_then_run_prepared(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "prep", ["/bin/echo", "prepared and run"])
+    uuid = pm("prepare", INSECURE, aci).stdout.strip()
+    assert pm.json("status", uuid)["state"] == "prepared"
+    assert sh("systemctl", "is-active", unit_of(uuid, "prep")).stdout.strip() != "active"
+    p = pm("run-prepared", uuid)
+    assert p.stdout.strip() == "prepared and run"
+    assert pm.json("status", uuid)["state"] == "exited"
+
+
+def test_gc_mark_only_keeps_logs_then_removes(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "gcme", ["/bin/echo", "collect me"])
+    uuid = pm("run", INSECURE, "--uuid-file-save", str(images / "gc.uuid"), aci).stdout
+    uuid = (images / "gc.uuid").read_text().strip()
+    marked = pm.json("gc", "--grace-period=0s", "--mark-only")
+    assert uuid in marked["marked"]
+    assert pm.json("status", uuid)["state"] == "garbage"
+    assert pm("logs", uuid).stdout.strip() == "collect me"
+    before = host_state()
+    removed = pm.json("gc", "--grace-period=0s")
+    assert uuid in removed["removed"]
+    assert not (pm.state / "pods" / uuid).exists()
+    # Logs outlive the pod in the journal.
+    j = sh("journalctl", "-o", "cat", f"PODMGR_POD={uuid}")
+    assert "collect me" in j.stdout
+    after = host_state()
+    assert [m for m in after["mounts"] if uuid in m] == []
+    assert set(after["units"]) <= set(before["units"])
+
+
+PROBE = r"""
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+echo "cwd=$(pwd)"
+echo "PATH=$PATH"
+echo "APP=$AC_APP_NAME container=$container FOO=$FOO BAR=$BAR"
+for d in null zero full random urandom tty ptmx pts shm; do test -e /dev/$d && echo "dev $d"; done
+grep -E '^(CapBnd|CapEff|CapAmb|Seccomp|NoNewPrivs):' /proc/self/status
+mkdir /tmp/blocked 2>&1 || true
+echo "hosts: $(grep -c localhost /etc/hosts)"
+"""
+
+
+def test_executor_duties_seen_from_inside(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    aci = img(images, "probe", ["/bin/sh", "-c", PROBE],
+              extra_app={"environment": [{"name": "FOO", "value": "image"},
+                                         {"name": "BAR", "value": "image"}],
+                         "workingDirectory": "/srv"})
+    p = pm("run", INSECURE, "--set-env", "FOO=pod", aci, "--user", "alice", "--group", "staff",
+           "--supplementary-gids", "1000,4242", "--environment", "BAR=app",
+           "--seccomp", "mode=remove,errno=EPERM,mkdir,mkdirat",
+           "--caps-retain", "CAP_NET_BIND_SERVICE")
+    out = p.stdout
+    assert "uid=1000 gid=50 groups=50 1000 4242" in out
+    assert "cwd=/srv" in out
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in out
+    assert "APP=probe container=podmgr FOO=pod BAR=app" in out
+    for d in ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"):
+        assert f"dev {d}" in out
+    caps = dict(re.findall(r"^(\w+):\s+(\S+)$", out, re.M))
+    assert int(caps["CapBnd"], 16) == 1 << 10  # CAP_NET_BIND_SERVICE only
+    assert int(caps["CapAmb"], 16) == 1 << 10  # retained for the non-root user
+    assert caps["Seccomp"] == "2" and caps["NoNewPrivs"] == "1"
+    assert "Operation not permitted" in out  # the blocked mkdir
+    assert "hosts: 1" in out or "hosts: 2" in out
+
+
+def test_default_capabilities_for_root(pm: Podmgr, images: Path) -> None:
+    aci = img(images, "caps", ["/bin/sh", "-c", "grep -E '^CapBnd' /proc/self/status"])
+    out = pm("run", INSECURE, aci).stdout
+    bnd = int(out.split()[1], 16)
+    from podmgr.units import DEFAULT_CAPS, caps_mask
+
+    # PrivateDevices= drops CAP_MKNOD: a private /dev has nothing to make nodes for.
+    assert bnd == caps_mask(set(DEFAULT_CAPS) - {"CAP_MKNOD"})
+
+
+def test_memory_limit_kills_and_status_reports_it(pm: Podmgr, images: Path) -> None:
+    # The shell itself holds the 200 MB (command substitution reads into its memory).
+    hog = "v=$(head -c 200000000 /dev/zero | tr '\\0' x); echo ${#v}"
+    aci = img(images, "hog", ["/bin/sh", "-c", hog])
+    p = pm("run", INSECURE, "--uuid-file-save", str(images / "hog.uuid"), aci, "--memory", "20Mi",
+           check=False)
+    uuid = (images / "hog.uuid").read_text().strip()
+    st = pm.json("status", uuid)
+    ex = st["apps"][0]["exit"]
+    assert p.returncode != 0
+    assert ex["result"] in ("signal", "oom-kill", "exit-code")
+    assert ex["signal"] == "KILL" or ex["result"] == "oom-kill"
+    assert {"name": "resource/memory", "state": "applied"} in st["apps"][0]["isolators"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_code", "b_ran_to_end"),
+    [("on-any-failure", 4, False), ("on-any", 4, False), ("until-all", 4, True)],
+)
+def test_exit_policies(pm: Podmgr, images: Path, policy: str, expected_code: int,
+                       b_ran_to_end: bool) -> None:
+    fail = img(images, "fail", ["/bin/sh", "-c", "sleep 0.5; exit 4"])
+    slow = img(images, "slow", ["/bin/sh", "-c", "sleep 3; echo slow done"])
+    p = pm("run", INSECURE, f"--exit-policy={policy}", fail, "---", slow, check=False)
+    assert p.returncode == expected_code, p.stderr
+    assert ("slow | slow done" in p.stdout) is b_ran_to_end
+
+
+def test_on_any_failure_ignores_success(pm: Podmgr, images: Path) -> None:
+    ok = img(images, "quick", ["/bin/true"])
+    slow = img(images, "slow2", ["/bin/sh", "-c", "sleep 2; echo still here"])
+    p = pm("run", INSECURE, ok, "---", slow, check=False)
+    assert p.returncode == 0
+    assert "slow2 | still here" in p.stdout
+
+
+def test_restart_on_failure_counts(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    counter.mkdir()
+    script = "echo x >> /c/n; test $(wc -l < /c/n) -ge 3 && exit 0; exit 1"
+    aci = img(images, "flaky", ["/bin/sh", "-c", script])
+    p = pm("run", INSECURE, "--uuid-file-save", str(images / "flaky.uuid"),
+           "--volume", f"c,kind=host,source={counter}", aci, "--mount", "volume=c,target=/c",
+           "--restart=on-failure", check=False)
+    uuid = (images / "flaky.uuid").read_text().strip()
+    assert p.returncode == 0, p.stderr
+    assert (counter / "n").read_text().count("x") == 3
+
+
+def test_volumes(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    rw = tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "data").write_text("read me\n")
+    writer = img(images, "writer", ["/bin/sh", "-c",
+                 "cat /ro/data; touch /ro/x 2>/dev/null || echo ro-refused; "
+                 "echo written > /rw/out; echo shared > /scratch/s"])
+    reader = img(images, "reader", ["/bin/sh", "-c",
+                 "sleep 1; cat /scratch/s; stat -c '%a %u' /scratch"])
+    p = pm("run", INSECURE, "--exit-policy=until-all",
+           "--volume", f"ro,kind=host,source={ro},readOnly=true",
+           "--volume", f"rw,kind=host,source={rw}",
+           "--volume", "scratch,kind=empty,mode=0770,uid=1000",
+           writer, "--mount", "volume=ro,target=/ro", "--mount", "volume=rw,target=/rw",
+           "--mount", "volume=scratch,target=/scratch",
+           "---", reader, "--mount", "volume=scratch,target=/scratch")
+    assert "writer | read me" in p.stdout
+    assert "writer | ro-refused" in p.stdout
+    assert (rw / "out").read_text() == "written\n"
+    assert "reader | shared" in p.stdout
+    assert "reader | 770 1000" in p.stdout
+
+
+BAD_INPUTS = [
+    ("unknown image", ["example.com/no-such-image"]),
+    ("missing volume source", ["--volume", "v,kind=host,source=/nonexistent/dir", "@ok",
+                               "--mount", "volume=v,target=/v"]),
+    ("overlapping targets", ["--volume", "a,kind=empty", "--volume", "b,kind=empty", "@ok",
+                             "--mount", "volume=a,target=/x", "--mount", "volume=b,target=/x/y"]),
+    ("duplicate app names", ["@ok", "---", "@ok"]),
+    ("user not in image", ["@ok", "--user", "nobody-here"]),
+    ("exec not in rootfs", ["@ok", "--exec", "/bin/nonexistent"]),
+    ("missing working dir", ["@ok", "--working-dir", "/does/not/exist"]),
+]
+
+
+@pytest.mark.parametrize(("what", "args"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_leaves_nothing_behind(
+    pm: Podmgr, images: Path, what: str, args: list[str]
+) -> None:
+    ok = img(images, "ok", ["/bin/true"])
+    pods_before = sorted(os.listdir(pm.state / "pods")) if (pm.state / "pods").exists() else []
+    before = host_state()
+    argv = [ok if a == "@ok" else a for a in args]
+    p = pm("start", INSECURE, *argv, check=False)
+    assert p.returncode != 0
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("podmgr: error: ")]
+    assert len(errors) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    pods_after = sorted(os.listdir(pm.state / "pods")) if (pm.state / "pods").exists() else []
+    assert pods_after == pods_before
+    assert host_state() == before
+
+
+def test_symlinked_volume_source_is_refused(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    ok = img(images, "ok2", ["/bin/true"])
+    p = pm("run", INSECURE, "--volume", f"v,kind=host,source={link}", ok,
+           "--mount", "volume=v,target=/v", check=False)
+    assert p.returncode != 0
+    assert "is a symbolic link" in p.stderr
+
+
+def test_not_root_is_one_line(images: Path, tmp_path: Path) -> None:
+    ok = img(images, "ok3", ["/bin/true"])
+    # The test's Python lives under /root, which nobody cannot read: import what the
+    # command needs first, then drop to nobody and run the CLI as a user would.
+    code = (
+        "import os, sys, podmgr.__main__ as m, podmgr.cli.pod, podmgr.pod, podmgr.imagefetch\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        f"m.main(['--dir', {str(tmp_path)!r}, 'run', {INSECURE!r}, {ok!r}])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 5, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("podmgr: error: ")]
+    assert len(errors) == 1, p.stderr
+    assert "root" in errors[0] and "Traceback" not in p.stderr
+
+
+def test_list_full_no_legend(pm: Podmgr) -> None:
+    p = pm("list", "--full", "--no-legend")
+    lines = p.stdout.splitlines()
+    assert lines
+    assert all(re.match(r"^[0-9a-f-]{36}\s", line) for line in lines)
