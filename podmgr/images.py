@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from podmgr.errors import UsageError
+from podmgr.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from podmgr.store import ImageInfo, Store
@@ -170,8 +170,27 @@ class Exported:
 
 
 def export_image(store: Store, ref: str, out: Path) -> Exported:
+    """Write the uncompressed tar (whose SHA-512 is the ID) to ``out``."""
+    from podmgr.aci import open_tar_stream
+    from podmgr.errors import InvalidError
+    from podmgr.extract import CHUNK
+    from podmgr.fsutil import atomic_writer
+    from podmgr.render import _sha512
+
     iid = store.resolve(ref)
-    return Exported(iid, out, store.export(iid, out))
+    h = _sha512()
+    n = 0
+    with atomic_writer(out, 0o644) as f, open_tar_stream(store.blob_path(iid)) as s:
+        while chunk := s.read(CHUNK):
+            h.update(chunk)
+            f.write(chunk)
+            n += len(chunk)
+        if "sha512-" + h.finalize().hex() != iid:
+            raise InvalidError(
+                f"stored image {iid[:19]} is damaged (its hash does not match)",
+                hint="remove it with podmgr image rm and fetch it again",
+            )
+    return Exported(iid, out, n)
 
 
 @dataclasses.dataclass
@@ -188,8 +207,39 @@ class Extracted:
 def extract_image(
     store: Store, ref: str, dest: Path, *, rootfs_only: bool, render: bool
 ) -> Extracted:
+    """Extract one image (or render it with dependencies) into the new directory ``dest``."""
+    import os
+    import tempfile
+
+    from podmgr.errors import ConflictError
+    from podmgr.render import extract_layer, render_into
+    from podmgr.store import _rmtree
+
     iid = store.resolve(ref)
-    store.extract(iid, dest, rootfs_only=rootfs_only, render=render)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConflictError(f"{dest} exists and is not empty", hint="give a new directory")
+    parent = dest.absolute().parent
+    if not parent.is_dir():
+        raise NotFoundError(f"directory {parent} does not exist")
+    # Built beside the target and renamed, so DIR appears complete or not at all.
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
+    try:
+        if render:
+            render_into(work, store.plan(iid), store.blob_path)
+        else:
+            fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                extract_layer(store.blob_path(iid), fd, hash=False)
+            finally:
+                os.close(fd)
+        if not rootfs_only:
+            (work / "manifest").write_bytes(store.manifest_bytes(iid))
+        if dest.exists():
+            dest.rmdir()
+        os.rename(work / "rootfs" if rootfs_only else work, dest)
+    finally:
+        if work.exists():
+            _rmtree(work)
     return Extracted(iid, dest, render)
 
 

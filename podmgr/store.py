@@ -10,7 +10,7 @@ Public interface (what the pods code uses)::
     store.unpin(pod_uuid)                   #   dependencies and trees) from rm and gc
     store.touch(image_id)                   # records "last used"
     store.add(path, …) -> ImageInfo         # import an archive (used by podmgr.fetchimage)
-    store.get(image_id) / images() / remove(image_id) / gc(grace) / export(…)
+    store.get(image_id) / images() / remove(image_id) / gc(grace) / blob_path(image_id)
 
 Layout under ``<dir>/cas``::
 
@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import json
@@ -803,65 +802,6 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
-
-    # -- copying out ---------------------------------------------------------------------
-
-    def export(self, image_id: str, out: Path) -> int:
-        """Write the uncompressed tar (whose SHA-512 is the ID) to ``out``; its size."""
-        from podmgr.aci import open_tar_stream
-        from podmgr.extract import CHUNK
-        from podmgr.fsutil import atomic_writer
-        from podmgr.render import _sha512
-
-        h = _sha512()
-        n = 0
-        with atomic_writer(out, 0o644) as f, open_tar_stream(self.blob_path(image_id)) as s:
-            while chunk := s.read(CHUNK):
-                h.update(chunk)
-                f.write(chunk)
-                n += len(chunk)
-            if "sha512-" + h.finalize().hex() != image_id:
-                raise InvalidError(
-                    f"stored image {image_id[:19]} is damaged (its hash does not match)",
-                    hint="remove it with podmgr image rm and fetch it again",
-                )
-        return n
-
-    def extract(self, image_id: str, dest: Path, *, rootfs_only: bool, render: bool) -> None:
-        """Extract one image (or render it with dependencies) into a new directory."""
-        dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise ConflictError(f"{dest} exists and is not empty", hint="give a new directory")
-        parent = dest.absolute().parent
-        work = Path(_mkdtemp(parent, dest.name))
-        try:
-            if render:
-                render_into(work, self.plan(image_id), self.blob_path)
-            else:
-                fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                try:
-                    extract_layer(self.blob_path(image_id), fd, hash=False)
-                finally:
-                    os.close(fd)
-            if not rootfs_only:
-                (work / "manifest").write_bytes(self.manifest_bytes(image_id))
-            if dest.exists():
-                dest.rmdir()
-            os.rename(work / "rootfs" if rootfs_only else work, dest)
-        finally:
-            if work.exists():
-                _rmtree(work)
-
-
-def _mkdtemp(parent: Path, name: str) -> str:
-    import tempfile
-
-    try:
-        return tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise NotFoundError(f"directory {parent} does not exist") from None
-        raise
 
 
 class _TeeReader:
