@@ -10,10 +10,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-APPLETS = (
-    "sh echo cat id ls sleep env grep mkdir touch true false head wc pwd stat test [ kill "
-    "readlink ps hostname dd tr nc wget ip"
-).split()
+APPLETS = [
+    *(
+        [
+            "sh",
+            "echo",
+            "cat",
+            "id",
+            "ls",
+            "sleep",
+            "env",
+            "grep",
+            "mkdir",
+            "touch",
+            "true",
+            "false",
+            "head",
+            "wc",
+            "pwd",
+            "stat",
+            "test",
+        ]
+    ),
+    *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip"]),
+]
 
 
 def build_image(
@@ -63,7 +83,8 @@ def build_image(
     (layout / "manifest").write_text(json.dumps(manifest))
     subprocess.run(
         [sys.executable, "-m", "podmgr", "image", "build", str(layout), str(out)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return out
 
@@ -79,7 +100,10 @@ class Podmgr:
     ) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(
             [sys.executable, "-m", "podmgr", "--dir", str(self.state), *args],
-            capture_output=True, text=True, timeout=timeout, input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
         if check and p.returncode != 0:
             raise AssertionError(

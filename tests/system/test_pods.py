@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from podfix import Podmgr, build_image, host_state, sh
 
 INSECURE = "--insecure-options=image"
@@ -46,8 +45,9 @@ def test_run_streams_output_and_returns_the_exit_code(pm: Podmgr, images: Path) 
     assert "hello from hello" in j.stdout
     j = sh("journalctl", "-o", "json", f"PODMGR_POD={uuid}")
     entries = [json.loads(line) for line in j.stdout.splitlines()]
-    assert any(e["MESSAGE"] == "hello from hello" and e["SYSLOG_IDENTIFIER"] == "hello"
-               for e in entries)
+    assert any(
+        e["MESSAGE"] == "hello from hello" and e["SYSLOG_IDENTIFIER"] == "hello" for e in entries
+    )
     st = pm.json("status", uuid)
     assert st["state"] == "exited" and st["exit_code"] == 3
     assert st["apps"][0]["exit"]["status"] == 3
@@ -138,14 +138,34 @@ echo "hosts: $(grep -c localhost /etc/hosts)"
 
 
 def test_executor_duties_seen_from_inside(pm: Podmgr, images: Path, tmp_path: Path) -> None:
-    aci = img(images, "probe", ["/bin/sh", "-c", PROBE],
-              extra_app={"environment": [{"name": "FOO", "value": "image"},
-                                         {"name": "BAR", "value": "image"}],
-                         "workingDirectory": "/srv"})
-    p = pm("run", INSECURE, "--set-env", "FOO=pod", aci, "--user", "alice", "--group", "staff",
-           "--supplementary-gids", "1000,4242", "--environment", "BAR=app",
-           "--seccomp", "mode=remove,errno=EPERM,mkdir,mkdirat",
-           "--caps-retain", "CAP_NET_BIND_SERVICE")
+    aci = img(
+        images,
+        "probe",
+        ["/bin/sh", "-c", PROBE],
+        extra_app={
+            "environment": [{"name": "FOO", "value": "image"}, {"name": "BAR", "value": "image"}],
+            "workingDirectory": "/srv",
+        },
+    )
+    p = pm(
+        "run",
+        INSECURE,
+        "--set-env",
+        "FOO=pod",
+        aci,
+        "--user",
+        "alice",
+        "--group",
+        "staff",
+        "--supplementary-gids",
+        "1000,4242",
+        "--environment",
+        "BAR=app",
+        "--seccomp",
+        "mode=remove,errno=EPERM,mkdir,mkdirat",
+        "--caps-retain",
+        "CAP_NET_BIND_SERVICE",
+    )
     out = p.stdout
     assert "uid=1000 gid=50 groups=50 1000 4242" in out
     assert "cwd=/srv" in out
@@ -175,8 +195,16 @@ def test_memory_limit_kills_and_status_reports_it(pm: Podmgr, images: Path) -> N
     # The shell itself holds the 200 MB (command substitution reads into its memory).
     hog = "v=$(head -c 200000000 /dev/zero | tr '\\0' x); echo ${#v}"
     aci = img(images, "hog", ["/bin/sh", "-c", hog])
-    p = pm("run", INSECURE, "--uuid-file-save", str(images / "hog.uuid"), aci, "--memory", "20Mi",
-           check=False)
+    p = pm(
+        "run",
+        INSECURE,
+        "--uuid-file-save",
+        str(images / "hog.uuid"),
+        aci,
+        "--memory",
+        "20Mi",
+        check=False,
+    )
     uuid = (images / "hog.uuid").read_text().strip()
     st = pm.json("status", uuid)
     ex = st["apps"][0]["exit"]
@@ -190,8 +218,9 @@ def test_memory_limit_kills_and_status_reports_it(pm: Podmgr, images: Path) -> N
     ("policy", "expected_code", "b_ran_to_end"),
     [("on-any-failure", 4, False), ("on-any", 4, False), ("until-all", 4, True)],
 )
-def test_exit_policies(pm: Podmgr, images: Path, policy: str, expected_code: int,
-                       b_ran_to_end: bool) -> None:
+def test_exit_policies(
+    pm: Podmgr, images: Path, policy: str, expected_code: int, b_ran_to_end: bool
+) -> None:
     fail = img(images, "fail", ["/bin/sh", "-c", "sleep 0.5; exit 4"])
     slow = img(images, "slow", ["/bin/sh", "-c", "sleep 3; echo slow done"])
     p = pm("run", INSECURE, f"--exit-policy={policy}", fail, "---", slow, check=False)
@@ -212,12 +241,24 @@ def test_restart_on_failure_counts(pm: Podmgr, images: Path, tmp_path: Path) -> 
     counter.mkdir()
     script = "echo x >> /c/n; test $(wc -l < /c/n) -ge 3 && exit 0; exit 1"
     aci = img(images, "flaky", ["/bin/sh", "-c", script])
-    p = pm("run", INSECURE, "--uuid-file-save", str(images / "flaky.uuid"),
-           "--volume", f"c,kind=host,source={counter}", aci, "--mount", "volume=c,target=/c",
-           "--restart=on-failure", check=False)
+    p = pm(
+        "run",
+        INSECURE,
+        "--uuid-file-save",
+        str(images / "flaky.uuid"),
+        "--volume",
+        f"c,kind=host,source={counter}",
+        aci,
+        "--mount",
+        "volume=c,target=/c",
+        "--restart=on-failure",
+        check=False,
+    )
     uuid = (images / "flaky.uuid").read_text().strip()
     assert p.returncode == 0, p.stderr
     assert (counter / "n").read_text().count("x") == 3
+    st = pm.json("status", uuid)
+    assert st["apps"][0]["exit"]["result"] == "success"
 
 
 def test_volumes(pm: Podmgr, images: Path, tmp_path: Path) -> None:
@@ -226,18 +267,41 @@ def test_volumes(pm: Podmgr, images: Path, tmp_path: Path) -> None:
     ro.mkdir()
     rw.mkdir()
     (ro / "data").write_text("read me\n")
-    writer = img(images, "writer", ["/bin/sh", "-c",
-                 "cat /ro/data; touch /ro/x 2>/dev/null || echo ro-refused; "
-                 "echo written > /rw/out; echo shared > /scratch/s"])
-    reader = img(images, "reader", ["/bin/sh", "-c",
-                 "sleep 1; cat /scratch/s; stat -c '%a %u' /scratch"])
-    p = pm("run", INSECURE, "--exit-policy=until-all",
-           "--volume", f"ro,kind=host,source={ro},readOnly=true",
-           "--volume", f"rw,kind=host,source={rw}",
-           "--volume", "scratch,kind=empty,mode=0770,uid=1000",
-           writer, "--mount", "volume=ro,target=/ro", "--mount", "volume=rw,target=/rw",
-           "--mount", "volume=scratch,target=/scratch",
-           "---", reader, "--mount", "volume=scratch,target=/scratch")
+    writer = img(
+        images,
+        "writer",
+        [
+            "/bin/sh",
+            "-c",
+            "cat /ro/data; touch /ro/x 2>/dev/null || echo ro-refused; "
+            "echo written > /rw/out; echo shared > /scratch/s",
+        ],
+    )
+    reader = img(
+        images, "reader", ["/bin/sh", "-c", "sleep 1; cat /scratch/s; stat -c '%a %u' /scratch"]
+    )
+    p = pm(
+        "run",
+        INSECURE,
+        "--exit-policy=until-all",
+        "--volume",
+        f"ro,kind=host,source={ro},readOnly=true",
+        "--volume",
+        f"rw,kind=host,source={rw}",
+        "--volume",
+        "scratch,kind=empty,mode=0770,uid=1000",
+        writer,
+        "--mount",
+        "volume=ro,target=/ro",
+        "--mount",
+        "volume=rw,target=/rw",
+        "--mount",
+        "volume=scratch,target=/scratch",
+        "---",
+        reader,
+        "--mount",
+        "volume=scratch,target=/scratch",
+    )
     assert "writer | read me" in p.stdout
     assert "writer | ro-refused" in p.stdout
     assert (rw / "out").read_text() == "written\n"
@@ -247,10 +311,24 @@ def test_volumes(pm: Podmgr, images: Path, tmp_path: Path) -> None:
 
 BAD_INPUTS = [
     ("unknown image", ["example.com/no-such-image"]),
-    ("missing volume source", ["--volume", "v,kind=host,source=/nonexistent/dir", "@ok",
-                               "--mount", "volume=v,target=/v"]),
-    ("overlapping targets", ["--volume", "a,kind=empty", "--volume", "b,kind=empty", "@ok",
-                             "--mount", "volume=a,target=/x", "--mount", "volume=b,target=/x/y"]),
+    (
+        "missing volume source",
+        ["--volume", "v,kind=host,source=/nonexistent/dir", "@ok", "--mount", "volume=v,target=/v"],
+    ),
+    (
+        "overlapping targets",
+        [
+            "--volume",
+            "a,kind=empty",
+            "--volume",
+            "b,kind=empty",
+            "@ok",
+            "--mount",
+            "volume=a,target=/x",
+            "--mount",
+            "volume=b,target=/x/y",
+        ],
+    ),
     ("duplicate app names", ["@ok", "---", "@ok"]),
     ("user not in image", ["@ok", "--user", "nobody-here"]),
     ("exec not in rootfs", ["@ok", "--exec", "/bin/nonexistent"]),
@@ -282,8 +360,16 @@ def test_symlinked_volume_source_is_refused(pm: Podmgr, images: Path, tmp_path: 
     link = tmp_path / "link"
     link.symlink_to(real)
     ok = img(images, "ok2", ["/bin/true"])
-    p = pm("run", INSECURE, "--volume", f"v,kind=host,source={link}", ok,
-           "--mount", "volume=v,target=/v", check=False)
+    p = pm(
+        "run",
+        INSECURE,
+        "--volume",
+        f"v,kind=host,source={link}",
+        ok,
+        "--mount",
+        "volume=v,target=/v",
+        check=False,
+    )
     assert p.returncode != 0
     assert "is a symbolic link" in p.stderr
 
