@@ -424,9 +424,10 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
             upper=str(pdir / "upper"),
             work=str(pdir / "work"),
             where=rec.rootfs,
+            pod_slice_unit=units.pod_slice(record.uuid),
         )
         others = [s for s in services if s != services[i]]
-        props = units.app_properties(a, p, leader=(i == 0), others=others)
+        props = units.app_properties(a, p, others=others)
         hook_props = units.exit_hook_properties(p, a.name)
         aux = [
             (rec.rootfs_unit, mount),
@@ -468,7 +469,10 @@ def start(state: Path, uuid: str, *, bus: str | None = None) -> PodRecord:
 def _register_machine(sd: Any, record: PodRecord) -> None:
     from podmgr.systemd import BusError
 
-    leader = record.apps[0]
+    leader = record.leader()
+    if leader is None:
+        log.info("pod %s: every app restarts; not registered with machined", record.uuid)
+        return
     try:
         pid = int(sd.unit_status(leader.unit).get("MainPID") or 0)
         if pid:

@@ -104,22 +104,39 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         sig = raw if not raw.isdigit() else signals.Signals(int(raw)).name.removeprefix("SIG")
         num = _signal_number(sig)
         status = 128 + num if num is not None else None
-    podstate.write_app_exit(
-        pdir,
-        AppExit(name=app, result=result, code=code, status=status, signal=sig, time=podstate.now()),
-    )
     me = next((a for a in record.apps if a.name == app), None)
     if me is None:
         return
     failed = result != "success"
     with systemd.connect(bus) as sd:
+        restarts = None
+        with contextlib.suppress(SystemdError):
+            props = sd.unit_properties(me.unit, ["NRestarts", "ActiveState", "Job"])
+            restarts = props.get("NRestarts")
+            # systemd 252 also fires OnSuccess= when it restarts a unit; the app is not
+            # done then, and neither is the pod.
+            if _alive(props):
+                return
+        podstate.write_app_exit(
+            pdir,
+            AppExit(
+                name=app,
+                result=result,
+                code=code,
+                status=status,
+                signal=sig,
+                restarts=restarts,
+                time=podstate.now(),
+            ),
+        )
         slice_unit = units.pod_slice(uuid)
         if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
             return  # the pod is being stopped as a whole
-        # The first app is the machine's leader: machinectl terminate stops its unit, and
-        # that means the whole pod. (PropagatesStopTo= would also fire when it just exits.)
+        # machinectl terminate stops the leader's unit, and that means the whole pod.
+        # (PropagatesStopTo= would also fire when the leader merely exits.)
         stopped = code in ("killed", "dumped") and result == "success"
-        if stopped and me is record.apps[0]:
+        leader = record.leader()
+        if stopped and leader is not None and me.name == leader.name:
             sd.stop_unit(slice_unit, wait=False)
             return
         others = [a.unit for a in record.apps if a.name != app]

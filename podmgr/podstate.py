@@ -76,6 +76,15 @@ class PodRecord(_Record):
     user_annotations: dict[str, str] = {}
     user_labels: dict[str, str] = {}
 
+    def leader(self) -> AppRecord | None:
+        """The app registered with machined as the pod's leader process.
+
+        machined stops a machine's unit when its leader process dies, so an app that
+        systemd restarts cannot lead: the first app without --restart does; a pod whose
+        apps all restart is not registered.
+        """
+        return next((a for a in self.apps if a.restart is RestartPolicy.NO), None)
+
 
 class AppExit(_Record):
     name: str
@@ -86,6 +95,8 @@ class AppExit(_Record):
     #: The exit status, or 128 + the signal number when killed.
     status: int | None = None
     signal: str | None = None
+    #: How often systemd restarted the app (--restart), when it could still be read.
+    restarts: int | None = None
     time: datetime
 
 

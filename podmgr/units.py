@@ -11,8 +11,8 @@ Unit names (stable, documented in docs/units.md):
   means nesting); pod-level isolators bound it;
 - ``podmgr-<uuid hex>-<app>.service`` — one app;
 - the app's root filesystem is an overlay mount unit named after its mount point
-  (``systemd-escape --path``), which the service ``BindsTo``; ``StopWhenUnneeded`` unmounts
-  it once the app is gone.
+  (``systemd-escape --path``), which the service ``BindsTo``; it is bound to the pod's
+  slice, so stopping the pod unmounts it.
 """
 
 from __future__ import annotations
@@ -367,7 +367,9 @@ def slice_properties(pod: PodPlan) -> dict[str, Any]:
     return props
 
 
-def mount_properties(*, lower: Sequence[str], upper: str, work: str, where: str) -> dict[str, Any]:
+def mount_properties(
+    *, lower: Sequence[str], upper: str, work: str, where: str, pod_slice_unit: str
+) -> dict[str, Any]:
     """A transient overlay mount unit for an app's root filesystem."""
     # overlayfs lists lower layers top-first.
     opts = f"lowerdir={':'.join(reversed(lower))},upperdir={upper},workdir={work}"
@@ -377,7 +379,10 @@ def mount_properties(*, lower: Sequence[str], upper: str, work: str, where: str)
         "Where": where,
         "Type": "overlay",
         "Options": opts,
-        "StopWhenUnneeded": True,
+        # The mount lives as long as the pod's slice. (StopWhenUnneeded= would unmount it
+        # while a restarting app waits in auto-restart, and BindsTo= would then stop it.)
+        "BindsTo": [pod_slice_unit],
+        "After": [pod_slice_unit],
         "CollectMode": "inactive-or-failed",
     }
 
@@ -408,13 +413,9 @@ def app_environment(app: AppPlan, pod: PodPlan) -> dict[str, str]:
     return env
 
 
-def app_properties(
-    app: AppPlan, pod: PodPlan, *, leader: bool = False, others: Sequence[str] = ()
-) -> dict[str, Any]:
+def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) -> dict[str, Any]:
     """The transient service for one app of a pod.
 
-    ``leader`` marks the app whose main process is registered with machined; when it is
-    stopped (``machinectl terminate``), its exit hook stops the whole pod.
     ``others`` are the other apps' services, which share its IPC (and, with
     ``--net=none``, network) namespace.
     """

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,35 @@ def test_restart_on_failure_counts(pm: Podmgr, images: Path, tmp_path: Path) -> 
     assert (counter / "n").read_text().count("x") == 3
     st = pm.json("status", uuid)
     assert st["apps"][0]["exit"]["result"] == "success"
+    assert st["apps"][0]["exit"]["restarts"] == 2
+
+
+def test_restart_count_of_a_running_app(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    counter.mkdir()
+    script = "echo x >> /c/n; test $(wc -l < /c/n) -ge 3 && exec sleep 600; exit 1"
+    aci = img(images, "flaky2", ["/bin/sh", "-c", script])
+    uuid = pm(
+        "start",
+        INSECURE,
+        "--volume",
+        f"c,kind=host,source={counter}",
+        aci,
+        "--mount",
+        "volume=c,target=/c",
+        "--restart=on-failure",
+    ).stdout.strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        app = pm.json("status", uuid)["apps"][0]
+        if app["restarts"] == 2 and app["state"] == "active":
+            break
+        time.sleep(0.1)
+    assert (app["restarts"], app["state"]) == (2, "active")
+    shown = sh("systemctl", "show", "-p", "NRestarts", "--value", unit_of(uuid, "flaky2"))
+    assert shown.stdout.strip() == "2"
+    assert "restarts: 2" in pm("status", uuid).stdout
+    pm("stop", uuid)
 
 
 def test_volumes(pm: Podmgr, images: Path, tmp_path: Path) -> None:
