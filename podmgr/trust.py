@@ -314,7 +314,6 @@ def default_store() -> TrustStore:
     )
 
 
-
 class TrustStore:
     """Trusted keys under an administrator root and a vendor root (see module doc)."""
 
