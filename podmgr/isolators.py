@@ -153,11 +153,11 @@ def _quantity_input(value: Any) -> Any:
     # A JSON number is an unsuffixed quantity; keep it as text so that the canonical form
     # is the one the spec's examples use (strings). bool is an int subclass: refuse it.
     if isinstance(value, bool):
-        raise fail("quantity must be a string such as \"500m\" or \"1Gi\"")
+        raise fail('quantity must be a string such as "500m" or "1Gi"')
     if isinstance(value, int | float):
         value = format(Decimal(str(value)), "f")
     if not isinstance(value, str):
-        raise fail("quantity must be a string such as \"500m\" or \"1Gi\"")
+        raise fail('quantity must be a string such as "500m" or "1Gi"')
     try:
         parse_quantity(value)
     except ValueError as e:
@@ -277,7 +277,7 @@ class SeccompSetValue(_Model):
     @classmethod
     def _syscalls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
-            raise fail("must not be empty (ace.md: \"This field MUST NOT be empty\")")
+            raise fail('must not be empty (ace.md: "This field MUST NOT be empty")')
         for i, name in enumerate(v):
             if not name or any(c.isspace() for c in name):
                 raise fail(f"{name!r} is not a syscall name", i)
@@ -480,17 +480,19 @@ Isolator = Annotated[
     Discriminator(
         _isolator_tag,
         custom_error_type="appc",
-        custom_error_message="an isolator must be an object with a string \"name\"",
+        custom_error_message='an isolator must be an object with a string "name"',
     ),
 ]
 
 # ace.md: "Only a single X isolator can be specified per-app/per-pod".
-_SINGLE = frozenset({
-    "os/linux/seccomp-remove-set",
-    "os/linux/seccomp-retain-set",
-    "os/linux/selinux-context",
-    "os/unix/sysctl",
-})
+_SINGLE = frozenset(
+    {
+        "os/linux/seccomp-remove-set",
+        "os/linux/seccomp-retain-set",
+        "os/linux/selinux-context",
+        "os/unix/sysctl",
+    }
+)
 # Pairs the text says cannot be used in conjunction.
 _EXCLUSIVE = (
     ("os/linux/seccomp-retain-set", "os/linux/seccomp-remove-set"),

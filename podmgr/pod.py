@@ -359,9 +359,16 @@ def _prepare_in(
 # ---- start -----------------------------------------------------------------------------
 
 
-def exit_hook(state: Path, uuid: str) -> tuple[str, ...]:
-    # -I: no environment variable (PYTHONPATH, …) may steer a privileged hook.
-    return (sys.executable, "-I", "-m", "podmgr", "--dir", str(state), "_app-exited", uuid)
+def exit_hook(state: Path, uuid: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The exit hook's command and environment (see :mod:`podmgr.hook`)."""
+    import jeepney
+
+    import podmgr
+
+    # -S and an explicit path: no site .pth files, and only what the hook imports.
+    paths = {str(Path(m.__file__ or "").resolve().parent.parent) for m in (podmgr, jeepney)}
+    argv = (sys.executable, "-S", "-m", "podmgr.hook", str(state), uuid)
+    return argv, (f"PYTHONPATH={':'.join(sorted(paths))}",)
 
 
 def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units.PodPlan:
@@ -386,12 +393,14 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
         )
         for a in record.apps
     )
+    hook_argv, hook_env = exit_hook(state, record.uuid)
     return units.PodPlan(
         uuid=record.uuid,
         apps=apps,
         isolators=tuple(isolators),
         net=record.net,
-        exit_hook=exit_hook(state, record.uuid),
+        exit_hook=hook_argv,
+        exit_hook_env=hook_env,
         shm_dir=str(pdir / "shm"),
     )
 

@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 from podmgr import journal, podstate, units
 from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
 from podmgr.podstate import AppExit, PodRecord
-from podmgr.units import ExitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,7 @@ def exit_status(ex: AppExit) -> int:
     return ex.status if ex.status is not None and ex.status != 0 else 1
 
 
-def _alive(props: Mapping[str, Any]) -> bool:
-    """Running, or about to: a queued start job leaves ActiveState inactive."""
-    job = props.get("Job")
-    return props.get("ActiveState") in _RUNNING or bool(job and job[0])
+
 
 
 def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
@@ -74,80 +70,6 @@ def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
 
 def _unit_states(sd: Any) -> dict[str, str]:
     return {u.name: u.active_state for u in sd.list_units([f"{units.UNIT_PREFIX}*.service"])}
-
-
-# ---- the exit hook ---------------------------------------------------------------------
-
-
-def _signal_number(name: str) -> int | None:
-    with contextlib.suppress(KeyError, ValueError):
-        return int(signals.Signals[f"SIG{name}" if not name.startswith("SIG") else name])
-    return None
-
-
-def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
-    """Record an app's exit (systemd's $MONITOR_SERVICE_RESULT, $MONITOR_EXIT_CODE and
-    $MONITOR_EXIT_STATUS) and apply the pod's exit policy. Runs as the app's
-    OnSuccess=/OnFailure= unit, so only once systemd will not restart the app."""
-    from podmgr import systemd
-
-    pdir = podstate.pod_dir(state, uuid)
-    record = podstate.load(pdir)
-    result = env.get("MONITOR_SERVICE_RESULT", "success")
-    code = env.get("MONITOR_EXIT_CODE") or None
-    raw = env.get("MONITOR_EXIT_STATUS", "")
-    status: int | None = None
-    sig: str | None = None
-    if code == "exited" and raw.lstrip("-").isdigit():
-        status = int(raw)
-    elif code in ("killed", "dumped") and raw:
-        sig = raw if not raw.isdigit() else signals.Signals(int(raw)).name.removeprefix("SIG")
-        num = _signal_number(sig)
-        status = 128 + num if num is not None else None
-    me = next((a for a in record.apps if a.name == app), None)
-    if me is None:
-        return
-    failed = result != "success"
-    with systemd.connect(bus) as sd:
-        restarts = None
-        with contextlib.suppress(SystemdError):
-            props = sd.unit_properties(me.unit, ["NRestarts", "ActiveState", "Job"])
-            restarts = props.get("NRestarts")
-            # systemd 252 also fires OnSuccess= when it restarts a unit; the app is not
-            # done then, and neither is the pod.
-            if _alive(props):
-                return
-        podstate.write_app_exit(
-            pdir,
-            AppExit(
-                name=app,
-                result=result,
-                code=code,
-                status=status,
-                signal=sig,
-                restarts=restarts,
-                time=podstate.now(),
-            ),
-        )
-        slice_unit = units.pod_slice(uuid)
-        if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
-            return  # the pod is being stopped as a whole
-        # machinectl terminate stops the leader's unit, and that means the whole pod.
-        # (PropagatesStopTo= would also fire when the leader merely exits.)
-        stopped = code in ("killed", "dumped") and result == "success"
-        leader = record.leader()
-        if stopped and leader is not None and me.name == leader.name:
-            sd.stop_unit(slice_unit, wait=False)
-            return
-        others = [a.unit for a in record.apps if a.name != app]
-        running = [u for u in others if _alive(sd.unit_properties(u, ["ActiveState", "Job"]))]
-        policy = record.exit_policy
-        if (
-            not running
-            or policy is ExitPolicy.ON_ANY
-            or (policy is ExitPolicy.ON_ANY_FAILURE and failed)
-        ):
-            sd.stop_unit(slice_unit, wait=False)
 
 
 # ---- run attached ------------------------------------------------------------------------

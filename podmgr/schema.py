@@ -210,18 +210,38 @@ PortNumber = Annotated[Int, Field(ge=1, le=65535)]
 #: aci.md's default os/arch whitelist, extended (as the text allows an implementation to)
 #: with the Linux architectures of the reference implementation's ``ValidOSArch``.
 VALID_OS_ARCH: Mapping[str, frozenset[str]] = {
-    "linux": frozenset({
-        "amd64", "i386", "aarch64", "aarch64_be", "armv6l", "armv7l", "armv7b",
-        "ppc64", "ppc64le", "s390x",
-    }),
+    "linux": frozenset(
+        {
+            "amd64",
+            "i386",
+            "aarch64",
+            "aarch64_be",
+            "armv6l",
+            "armv7l",
+            "armv7b",
+            "ppc64",
+            "ppc64le",
+            "s390x",
+        }
+    ),
     "freebsd": frozenset({"amd64", "i386", "arm"}),
     "darwin": frozenset({"x86_64", "i386"}),
 }
 # platform.machine() spellings -> appc arch label values.
 _MACHINE_ARCH = {
-    "x86_64": "amd64", "amd64": "amd64", "i386": "i386", "i486": "i386", "i586": "i386",
-    "i686": "i386", "aarch64": "aarch64", "arm64": "aarch64", "armv6l": "armv6l",
-    "armv7l": "armv7l", "ppc64": "ppc64", "ppc64le": "ppc64le", "s390x": "s390x",
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "i386": "i386",
+    "i486": "i386",
+    "i586": "i386",
+    "i686": "i386",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv6l": "armv6l",
+    "armv7l": "armv7l",
+    "ppc64": "ppc64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
 }
 
 
@@ -292,16 +312,20 @@ class Labels(_NamedList):
             os_value = items[labels["os"]].value
             if os_value not in VALID_OS_ARCH:
                 known = ", ".join(sorted(VALID_OS_ARCH))
-                raise fail(f"os {os_value!r} is not supported (one of: {known})",
-                           labels["os"], "value")
+                raise fail(
+                    f"os {os_value!r} is not supported (one of: {known})", labels["os"], "value"
+                )
             # aci.md: "arch is meaningful only if os is provided", so it is checked
             # against the table only then.
             if "arch" in labels:
                 arch = items[labels["arch"]].value
                 if arch not in VALID_OS_ARCH[os_value]:
                     known = ", ".join(sorted(VALID_OS_ARCH[os_value]))
-                    raise fail(f"arch {arch!r} is not supported with os {os_value!r} "
-                               f"(one of: {known})", labels["arch"], "value")
+                    raise fail(
+                        f"arch {arch!r} is not supported with os {os_value!r} (one of: {known})",
+                        labels["arch"],
+                        "value",
+                    )
         return items
 
 
@@ -364,8 +388,10 @@ class EnvironmentVariable(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _ENV_NAME_RE.match(v):
-            raise fail(f"{v!r} is not a valid environment variable name: use letters, digits, "
-                       "'_', '.' and '-', not starting with a digit")
+            raise fail(
+                f"{v!r} is not a valid environment variable name: use letters, digits, "
+                "'_', '.' and '-', not starting with a digit"
+            )
         return v
 
 
@@ -409,8 +435,9 @@ class Port(_Model):
     @model_validator(mode="after")
     def _range(self) -> Port:
         if self.port + self.count - 1 > 65535:
-            raise fail(f"port range {self.port}-{self.port + self.count - 1} "
-                       "goes beyond 65535", "count")
+            raise fail(
+                f"port range {self.port}-{self.port + self.count - 1} goes beyond 65535", "count"
+            )
         return self
 
     @property
@@ -430,8 +457,9 @@ class App(_Model):
     # supplementaryGids (the reference implementation matches names case-insensitively).
     supplementary_gids: tuple[UInt, ...] | None = Field(
         None,
-        validation_alias=AliasChoices("supplementaryGIDs", "supplementaryGids",
-                                      "supplementary_gids"),
+        validation_alias=AliasChoices(
+            "supplementaryGIDs", "supplementaryGids", "supplementary_gids"
+        ),
         serialization_alias="supplementaryGIDs",
     )
     event_handlers: tuple[EventHandler, ...] = Field((), alias="eventHandlers")
@@ -520,7 +548,7 @@ class Volume(_Model):
     @classmethod
     def _mode(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[0-7]{3,4}", v):
-            raise fail(f"{v!r} is not an octal permission mode such as \"0755\"")
+            raise fail(f'{v!r} is not an octal permission mode such as "0755"')
         return v
 
     @model_validator(mode="after")
@@ -615,12 +643,23 @@ class PodManifest(_Model):
         volumes = {v.name for v in self.volumes}
         for i, app in enumerate(self.apps):
             if app.image.id is None:
-                raise fail("is required (a pod manifest to run must name images by ID)",
-                           "apps", i, "image", "id")
+                raise fail(
+                    "is required (a pod manifest to run must name images by ID)",
+                    "apps",
+                    i,
+                    "image",
+                    "id",
+                )
             for j, mount in enumerate(app.mounts):
                 if mount.app_volume is None and mount.volume not in volumes:
-                    raise fail(f"no volume named {mount.volume!r} in volumes",
-                               "apps", i, "mounts", j, "volume")
+                    raise fail(
+                        f"no volume named {mount.volume!r} in volumes",
+                        "apps",
+                        i,
+                        "mounts",
+                        j,
+                        "volume",
+                    )
         return self
 
     def app(self, name: str) -> RuntimeApp | None:
@@ -650,9 +689,7 @@ def _format_path(loc: list[str | int]) -> str:
 def _to_invalid(err: ValidationError, what: str) -> InvalidError:
     e = err.errors(include_url=False)[0]
     loc: list[str | int] = [
-        p
-        for p in e["loc"]
-        if not (isinstance(p, str) and (p in ISOLATOR_TAGS or p == "root"))
+        p for p in e["loc"] if not (isinstance(p, str) and (p in ISOLATOR_TAGS or p == "root"))
     ]
     ctx = e.get("ctx") or {}
     loc += ctx.get("sub", [])
@@ -717,20 +754,28 @@ def parse_manifest(data: bytes | str | Mapping[str, Any]) -> ImageManifest | Pod
 
 
 # Optional list fields whose absence and emptiness mean the same; omitted when empty.
-_OMIT_IF_EMPTY = frozenset({
-    "labels", "eventHandlers", "environment", "isolators", "mountPoints", "ports",
-    "dependencies", "pathWhitelist", "annotations", "volumes", "mounts",
-})
+_OMIT_IF_EMPTY = frozenset(
+    {
+        "labels",
+        "eventHandlers",
+        "environment",
+        "isolators",
+        "mountPoints",
+        "ports",
+        "dependencies",
+        "pathWhitelist",
+        "annotations",
+        "volumes",
+        "mounts",
+    }
+)
 
 
 def _prune(value: Any, key: str = "") -> Any:
     if key == "value":  # isolator values and label values are kept as they are
         return value
     if isinstance(value, dict):
-        return {
-            k: _prune(v, k) for k, v in value.items()
-            if not (k in _OMIT_IF_EMPTY and v == [])
-        }
+        return {k: _prune(v, k) for k, v in value.items() if not (k in _OMIT_IF_EMPTY and v == [])}
     if isinstance(value, list):
         return [_prune(v) for v in value]
     return value

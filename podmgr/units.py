@@ -25,8 +25,15 @@ from typing import Any
 
 from podmgr import isolators as iso
 
-SLICE = "podmgr.slice"
-UNIT_PREFIX = "podmgr-"
+# Re-exported: the names are part of this module's API.
+from podmgr.names import SLICE as SLICE
+from podmgr.names import UNIT_PREFIX as UNIT_PREFIX
+from podmgr.names import app_service as app_service
+from podmgr.names import exit_hook_unit as exit_hook_unit
+from podmgr.names import machine_name as machine_name
+from podmgr.names import pod_hex as pod_hex
+from podmgr.names import pod_slice as pod_slice
+
 #: ace.md "Execution Environment".
 APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The ``container`` variable apps see (ace.md: the executor's name).
@@ -130,30 +137,6 @@ class IsolatorState(enum.StrEnum):
     IGNORED = "ignored"
 
 
-def pod_hex(uuid: str) -> str:
-    return uuid.replace("-", "").lower()
-
-
-def pod_slice(uuid: str) -> str:
-    return f"{UNIT_PREFIX}{pod_hex(uuid)}.slice"
-
-
-def app_service(uuid: str, app: str) -> str:
-    return f"{UNIT_PREFIX}{pod_hex(uuid)}-{app}.service"
-
-
-def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
-    # "exit" cannot start a pod's hex UUID, so this never collides with an app's unit.
-    # Two units, because systemd passes no $MONITOR_* to a unit that is both the
-    # OnSuccess= and the OnFailure= of one unit ("multiple trigger source candidates").
-    kind = "exitfail" if failed else "exit"
-    return f"{UNIT_PREFIX}{kind}-{pod_hex(uuid)}-{app}.service"
-
-
-def machine_name(uuid: str) -> str:
-    return f"{UNIT_PREFIX}{pod_hex(uuid)}"
-
-
 def escape_path(path: str) -> str:
     """``systemd-escape --path``: the unit name stem for a path."""
     trimmed = "/".join(p for p in path.split("/") if p)
@@ -224,6 +207,7 @@ class PodPlan:
     #: The command (run outside the pod) that records an app's exit and applies the exit
     #: policy; the app's name is appended.
     exit_hook: tuple[str, ...] = ()
+    exit_hook_env: tuple[str, ...] = ()
     #: A pod-private directory shared by its apps as /dev/shm.
     shm_dir: str | None = None
     metadata_url: str | None = None
@@ -395,6 +379,7 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
         "Slice": SLICE,
         "CollectMode": "inactive-or-failed",
         "ExecStart": [(pod.exit_hook[0], [*pod.exit_hook, app], False)],
+        "Environment": list(pod.exit_hook_env),
     }
 
 

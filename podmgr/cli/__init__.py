@@ -55,7 +55,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("podmgr.cli.pod", "gc", "Garbage-collect exited and expired pods."),
     "logs": ("podmgr.cli.pod", "logs", "Show a pod's logs from the journal."),
     "cat-manifest": ("podmgr.cli.pod", "cat_manifest", "Print a pod's reified manifest."),
-    "_app-exited": ("podmgr.cli.pod", "app_exited", ""),
 }
 
 

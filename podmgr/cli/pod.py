@@ -7,7 +7,6 @@ pod options come before the first image; app options apply to the image before t
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -524,14 +523,3 @@ def cat_manifest(ctx: Ctx, pretty_print: bool, uuid_file: Path | None, uuid: str
     u = _uuid(ctx, uuid, uuid_file)
     doc = json.loads((podstate.pod_dir(ctx.dir, u) / "manifest").read_bytes())
     click.echo(json.dumps(doc, indent=2 if pretty_print else None))
-
-
-@click.command("_app-exited", hidden=True)
-@click.argument("uuid")
-@click.argument("app")
-@click.pass_obj
-def app_exited(ctx: Ctx, uuid: str, app: str) -> None:
-    """(internal) Record an app's exit; run by the app's ExecStopPost."""
-    from podmgr import podctl
-
-    podctl.app_exited(ctx.dir, uuid, app, os.environ, ctx.bus)

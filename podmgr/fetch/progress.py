@@ -56,10 +56,7 @@ class ProgressBar:
             frac = min(1.0, done / total)
             fill = int(frac * self.width)
             bar = "#" * fill + " " * (self.width - fill)
-            return (
-                f"{self.label} [{bar}] {frac * 100:3.0f}% "
-                f"{human_size(done)}/{human_size(total)}"
-            )
+            return f"{self.label} [{bar}] {frac * 100:3.0f}% {human_size(done)}/{human_size(total)}"
         return f"{self.label} {human_size(done)}"
 
     def __call__(self, done: int, total: int | None) -> None:

@@ -1,0 +1,110 @@
+"""The exit hook: ``python3 -S -m podmgr.hook STATE_DIR UUID APP``.
+
+Runs as an app's OnSuccess=/OnFailure= unit once systemd will not restart the app. It
+records the app's exit from ``$MONITOR_SERVICE_RESULT``, ``$MONITOR_EXIT_CODE`` and
+``$MONITOR_EXIT_STATUS`` in ``apps/<app>/exit.json`` and applies the pod's exit policy by
+stopping the pod's slice.
+
+It imports only the standard library and jeepney (through :mod:`podmgr.systemd`), and
+runs with ``-S`` and an explicit PYTHONPATH: it is on the path of every pod's exit, and
+click, pydantic and site's .pth files would triple its cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from podmgr import names
+from podmgr.errors import SystemdError
+from podmgr.fsutil import atomic_write
+
+_RUNNING = {"active", "activating", "deactivating", "reloading"}
+
+
+def alive(props: Mapping[str, Any]) -> bool:
+    """Running, or about to: a queued start job leaves ActiveState inactive."""
+    job = props.get("Job")
+    return props.get("ActiveState") in _RUNNING or bool(job and job[0])
+
+
+def parse_exit(env: Mapping[str, str]) -> tuple[str, str | None, int | None, str | None]:
+    """(result, code, status, signal name) from systemd's $MONITOR_* variables."""
+    result = env.get("MONITOR_SERVICE_RESULT", "success")
+    code = env.get("MONITOR_EXIT_CODE") or None
+    raw = env.get("MONITOR_EXIT_STATUS", "")
+    status: int | None = None
+    sig: str | None = None
+    if code == "exited" and raw.lstrip("-").isdigit():
+        status = int(raw)
+    elif code in ("killed", "dumped") and raw:
+        sig = raw if not raw.isdigit() else signal.Signals(int(raw)).name.removeprefix("SIG")
+        with contextlib.suppress(KeyError):
+            status = 128 + int(signal.Signals[f"SIG{sig.removeprefix('SIG')}"])
+    return result, code, status, sig
+
+
+def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
+    from podmgr import systemd
+
+    pdir = state / "pods" / uuid
+    record = json.loads((pdir / "pod.json").read_bytes())
+    apps = record["apps"]
+    me = next((a for a in apps if a["name"] == app), None)
+    if me is None:
+        return
+    result, code, status, sig = parse_exit(env)
+    with systemd.connect(bus) as sd:
+        restarts = None
+        with contextlib.suppress(SystemdError):
+            props = sd.unit_properties(me["unit"], ["NRestarts", "ActiveState", "Job"])
+            restarts = props.get("NRestarts")
+            # systemd 252 also fires OnSuccess= when it restarts a unit; the app is not
+            # done then, and neither is the pod.
+            if alive(props):
+                return
+        exit_record = {
+            "name": app, "result": result, "code": code, "status": status, "signal": sig,
+            "restarts": restarts, "time": datetime.now(UTC).isoformat(),
+        }
+        atomic_write(pdir / "apps" / app / "exit.json", json.dumps(exit_record))
+        slice_unit = names.pod_slice(uuid)
+        if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
+            return  # the pod is being stopped as a whole
+        # machinectl terminate stops the leader's unit, and that means the whole pod.
+        # (PropagatesStopTo= would also fire when the leader merely exits.)
+        stopped = code in ("killed", "dumped") and result == "success"
+        leader = next((a for a in apps if a.get("restart", "no") == "no"), None)
+        if stopped and leader is not None and leader["name"] == app:
+            sd.stop_unit(slice_unit, wait=False)
+            return
+        others = [a["unit"] for a in apps if a["name"] != app]
+        running = [u for u in others if alive(sd.unit_properties(u, ["ActiveState", "Job"]))]
+        policy = record.get("exit_policy", "on-any-failure")
+        failed = result != "success"
+        if not running or policy == "on-any" or (policy == "on-any-failure" and failed):
+            sd.stop_unit(slice_unit, wait=False)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python3 -m podmgr.hook STATE_DIR UUID APP", file=sys.stderr)
+        return 2
+    state, uuid, app = argv
+    try:
+        app_exited(Path(state), uuid, app, os.environ, os.environ.get("PODMGR_BUS_ADDRESS"))
+    except Exception as e:
+        print(f"podmgr exit hook: pod {uuid} app {app}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
