@@ -3,12 +3,20 @@ PYTHON ?= python3
 BOX_ID ?= test-$(shell echo $$$$)
 PYTEST ?= $(PYTHON) -m pytest
 
-.PHONY: test lint unit test-system test-host install demo bench debian13-root clean
+.PHONY: test lint unit test-system test-host install install-deps demo bench debian13-root clean
 
 ## Everything: lint, unit tests on the host, box tests, system tests inside one box.
 test: lint unit test-host test-system
 
-install:
+## The README's first command: install podmgr, then run a two-app demo pod on a real systemd.
+demo: install
+	demo/demo.sh
+
+## Debian packages the project needs (also what .ci/run installs), then podmgr itself.
+install-deps:
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$(cat .ci/apt-packages) >/dev/null
+
+install: install-deps
 	$(PYTHON) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 
 lint:
