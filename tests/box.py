@@ -7,7 +7,7 @@ systemd (there may be none, as on CI, or a real one, as on a laptop).
     python3 tests/box.py start ID [--root DIR]   boot a box and wait until it is running
     python3 tests/box.py exec ID -- CMD…         run CMD inside; exit with its exit code
     python3 tests/box.py stop ID                 power it off and remove every trace
-    python3 tests/box.py run ID [--root DIR] -- CMD…
+    python3 tests/box.py run [--root DIR] ID -- CMD…
                                                  start, exec, stop, check for leftovers
     python3 tests/box.py list                    boxes that are up
 
@@ -195,6 +195,10 @@ def inner(box_id: str, lower: str, repo: str, staging: str) -> None:
     mnt("-t", "proc", "proc", target="/proc")
     sh("mount", "--bind", str(root / "proc/sys"), str(root / "proc/sys"))
     sh("mount", "-o", "remount,bind,ro", str(root / "proc/sys"))
+    # net.* is per network namespace, and the box has its own: pod networking (CNI's
+    # ip_forward and route_localnet, the sysctl isolator) writes there, never to the host.
+    sh("mount", "--bind", str(root / "proc/sys/net"), str(root / "proc/sys/net"))
+    sh("mount", "-o", "remount,bind,rw", str(root / "proc/sys/net"))
     mnt("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", target="/sys")
     mnt(
         "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev,noexec", "cgroup-root", target="/sys/fs/cgroup"
