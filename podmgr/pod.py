@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podmgr import podstate, rootfs, units
+from podmgr import metadata, podstate, rootfs, units
 from podmgr.errors import ConflictError, InvalidError, PodmgrError, UsageError, require_root
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import ExitPolicy, NetMode, RestartPolicy
@@ -262,12 +262,18 @@ def prepare(state: Path, spec: PodSpec) -> PodRecord:
     final = pods / uuid
     tmp = pods / f".prep-{uuid}"
     tmp.mkdir(mode=0o700)
+    token = ""
     try:
         images.pin(uuid, sorted({a.image.id for a in manifest.apps}))
         record = _prepare_in(tmp, final, uuid, manifest, manifests, images, spec)
+        # The metadata service's token index; before the rename, so no pod lacks one.
+        token = record.metadata_token
+        metadata.register(state, uuid, token)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if token:
+            metadata.unregister(state, token)
         with contextlib.suppress(Exception):
             images.unpin(uuid)
         raise
@@ -402,6 +408,7 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
         exit_hook=hook_argv,
         exit_hook_env=hook_env,
         shm_dir=str(pdir / "shm"),
+        metadata_url=metadata.metadata_url(record),
     )
 
 
@@ -447,8 +454,13 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
     return batch
 
 
-def start(state: Path, uuid: str, *, bus: str | None = None) -> PodRecord:
-    """Start a prepared pod's units; returns once every app's start job is done."""
+def start(
+    state: Path, uuid: str, *, bus: str | None = None, stdio: Sequence[int] | None = None
+) -> PodRecord:
+    """Start a prepared pod's units; returns once every app's start job is done.
+
+    ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
+    instead of the journal (``run --interactive``)."""
     from podmgr import systemd
 
     require_root("starting a pod")
@@ -457,6 +469,15 @@ def start(state: Path, uuid: str, *, bus: str | None = None) -> PodRecord:
     if record.started is not None:
         raise ConflictError(f"pod {uuid} has been started already", hint="prepare a new pod")
     batch = unit_batch(state, record)
+    if stdio is not None:
+        from podmgr.enter import with_stdio
+
+        if len(record.apps) != 1:
+            raise UsageError("only a pod of one app can have the caller's terminal")
+        batch = [
+            (n, with_stdio(p, stdio) if n == record.apps[0].unit else p, aux)
+            for n, p, aux in batch
+        ]
     from podmgr import userdb
 
     userdb.ensure(

@@ -450,6 +450,9 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
     # Rename first, so that a crash mid-removal leaves no half-removed pod in the list.
     doomed = podstate.pods_dir(state) / f".rm-{uuid}"
     os.rename(pdir, doomed)
+    from podmgr import metadata
+
+    metadata.unregister(state, record.metadata_token)
     shutil.rmtree(doomed, ignore_errors=True)
     with contextlib.suppress(Exception):
         Images(state).unpin(uuid)
@@ -513,6 +516,9 @@ def gc(
                 age = now.timestamp() - d.stat().st_mtime
                 if d.name.startswith(".rm-") or age > 3600:
                     shutil.rmtree(d, ignore_errors=True)
+    from podmgr import metadata
+
+    metadata.sweep(state)
     return GcResult(removed, marked)
 
 

@@ -310,7 +310,12 @@ def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
 
     record = _prepare(ctx, kw)
     if interactive:
-        raise click.UsageError("--interactive is not supported yet")
+        from podmgr import enter
+
+        if len(record.apps) != 1:
+            podctl.remove(ctx.dir, record.uuid, bus=ctx.bus)
+            raise click.UsageError("--interactive needs exactly one app")
+        return enter.run_interactive(ctx.dir, record.uuid, bus=ctx.bus)
     return podctl.run_attached(
         ctx.dir, record.uuid, bus=ctx.bus, emit=_emitter(len(record.apps) > 1)
     )

@@ -1,0 +1,41 @@
+"""``podmgr metadata-service``: the appc metadata service (socket-activated)."""
+
+from __future__ import annotations
+
+import click
+
+from podmgr.cli import Ctx
+
+
+@click.command("metadata-service")
+@click.option(
+    "--listen",
+    metavar="ADDR:PORT",
+    multiple=True,
+    help="Listen here too (for tests and manual runs); by default only on the sockets "
+    "systemd passes (podmgr-metadata.socket).",
+)
+@click.option(
+    "--idle-exit",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="When socket-activated, exit after this long without a request (0: never); "
+    "the socket starts the service again on the next request.",
+)
+@click.pass_obj
+def metadata_service(ctx: Ctx, listen: tuple[str, ...], idle_exit: str) -> None:
+    """Serve the appc metadata service (pod and app metadata, HMAC identity)."""
+    from podmgr import metadata
+    from podmgr.podctl import parse_duration
+
+    def ready(addresses: list[tuple[str, int]]) -> None:
+        for host, port in addresses:
+            click.echo(f"listening on {host}:{port}")
+
+    metadata.serve(
+        ctx.dir,
+        listen=listen,
+        idle_exit=parse_duration(idle_exit).total_seconds(),
+        on_ready=ready,
+    )

@@ -1,0 +1,226 @@
+"""podmgr enter: the entered command has the app's confinement and nothing more (rkt's
+CVE-2019-10144/10145/10147), its stdio is the caller's, its exit code is returned; and
+podmgr run --interactive, driven through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from podfix import Podmgr, build_image, sh
+
+INSECURE = "--insecure-options=image"
+
+PROBE = r"""
+grep -E '^(Uid|Gid|Groups|CapBnd|CapEff|CapAmb|Seccomp|NoNewPrivs):' /proc/self/status
+echo "cgroup=$(cat /proc/self/cgroup)"
+echo "ipc=$(readlink /proc/self/ns/ipc) net=$(readlink /proc/self/ns/net) mnt-root=$(ls /)"
+echo "env APP=$AC_APP_NAME container=$container FOO=$FOO"
+mkdir /tmp/blocked 2>&1 || echo "mkdir failed"
+test -t 0 && echo "stdin is a tty" || echo "stdin is no tty"
+"""
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
+    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def confined(pm: Podmgr, images: Path) -> Iterator[str]:
+    """A running pod whose app is a non-root user with one capability and a seccomp
+    remove-set."""
+    aci = str(build_image(images / "target.aci", "example.com/target", ["/bin/sleep", "600"]))
+    uuid = pm(
+        "start",
+        INSECURE,
+        "--set-env",
+        "FOO=pod-env",
+        aci,
+        "--user",
+        "alice",
+        "--group",
+        "staff",
+        "--caps-retain",
+        "CAP_NET_BIND_SERVICE",
+        "--seccomp",
+        "mode=remove,errno=EPERM,mkdir,mkdirat",
+    ).stdout.strip()
+    yield uuid
+    pm("stop", uuid, check=False)
+    pm("rm", uuid, check=False)
+
+
+def status_of(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return dict(re.findall(r"^(\w+):\s+(.*)$", text, re.M))
+
+
+def main_pid(uuid: str, app: str) -> int:
+    unit = f"podmgr-{uuid.replace('-', '')}-{app}.service"
+    return int(sh("systemctl", "show", "-P", "MainPID", unit).stdout.strip())
+
+
+def enter_units() -> list[str]:
+    out = sh("systemctl", "list-units", "--all", "--no-legend", "--plain", "podmgr-enter-*")
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_entered_command_has_the_apps_confinement(pm: Podmgr, confined: str) -> None:
+    p = pm("enter", confined, "--", "sh", "-c", PROBE)
+    out = p.stdout
+    got = dict(re.findall(r"^(\w+):\s+(.*)$", out, re.M))
+    pid = main_pid(confined, "target")
+    app = status_of(pid)
+    # The same capability sets as the app: CAP_NET_BIND_SERVICE only.
+    assert int(got["CapBnd"], 16) == int(app["CapBnd"], 16) == 1 << 10
+    assert int(got["CapAmb"], 16) == int(app["CapAmb"], 16)
+    assert int(got["CapEff"], 16) == int(app["CapEff"], 16)
+    # The seccomp filter, and it blocks what the app's blocks.
+    assert got["Seccomp"] == "2" and app["Seccomp"] == "2"
+    assert got["NoNewPrivs"] == "1"
+    assert "Operation not permitted" in out and "mkdir failed" in out
+    # The app's user and groups.
+    assert got["Uid"].split() == app["Uid"].split()
+    assert got["Uid"].split()[0] == "1000"
+    assert got["Gid"].split() == app["Gid"].split()
+    assert got["Groups"].split() == app["Groups"].split()
+    # In the pod's slice.
+    slice_ = f"podmgr-{confined.replace('-', '')}.slice/"
+    cgroup = re.search(r"^cgroup=(.*)$", out, re.M)
+    assert cgroup and slice_ in cgroup.group(1) and "podmgr-enter-" in cgroup.group(1)
+    # The app's IPC and network namespaces, and its root.
+    ns = re.search(r"^ipc=(\S+) net=(\S+)", out, re.M)
+    assert ns is not None
+    assert ns.group(1) == os.readlink(f"/proc/{pid}/ns/ipc")
+    assert ns.group(2) == os.readlink(f"/proc/{pid}/ns/net")
+    assert os.readlink(f"/proc/{pid}/ns/ipc") != os.readlink("/proc/self/ns/ipc")
+    # The app's environment.
+    assert "env APP=target container=podmgr FOO=pod-env" in out
+    assert "stdin is no tty" in out
+    # Nothing is left behind.
+    assert enter_units() == []
+
+
+def test_exit_code_is_the_commands(pm: Podmgr, confined: str) -> None:
+    p = pm("enter", confined, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
+    assert p.returncode == 7, p.stderr
+    assert p.stdout == "out\n" and p.stderr == "err\n"
+    p = pm("enter", confined, "sh", "-c", "kill -TERM $$", check=False)
+    assert p.returncode == 128 + 15
+    assert enter_units() == []
+
+
+def test_default_command_is_the_apps_shell_reading_stdin(pm: Podmgr, confined: str) -> None:
+    p = pm(
+        "enter", confined, input="echo hello from $AC_APP_NAME as $(id -u)\nexit 3\n", check=False
+    )
+    assert p.returncode == 3, p.stderr
+    assert p.stdout == "hello from target as 1000\n"
+
+
+def test_a_missing_command_or_app_is_one_error(pm: Podmgr, confined: str) -> None:
+    p = pm("enter", confined, "/bin/no-such-command", check=False)
+    assert p.returncode == 3
+    assert "cannot run /bin/no-such-command" in p.stderr and "Traceback" not in p.stderr
+    p = pm("enter", "--app", "nope", confined, "true", check=False)
+    assert p.returncode == 3 and "no app 'nope'" in p.stderr
+    assert enter_units() == []
+
+
+def test_entering_an_exited_pod_is_refused(pm: Podmgr, images: Path, tmp_path: Path) -> None:
+    aci = str(build_image(images / "done.aci", "example.com/done", ["/bin/true"]))
+    pm("run", INSECURE, "--uuid-file-save", str(tmp_path / "uuid"), aci)
+    uuid = (tmp_path / "uuid").read_text().strip()
+    p = pm("enter", uuid, "true", check=False)
+    assert p.returncode == 8 and "is not running" in p.stderr
+
+
+def test_stopping_the_pod_ends_the_entered_command(pm: Podmgr, images: Path) -> None:
+    aci = str(build_image(images / "stopme.aci", "example.com/stopme", ["/bin/sleep", "600"]))
+    uuid = pm("start", INSECURE, aci).stdout.strip()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", uuid, "sleep", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not enter_units() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert enter_units()
+    pm("stop", uuid)
+    assert proc.wait(timeout=30) != 0
+    assert enter_units() == []
+    pm("rm", uuid)
+
+
+def _drive(argv: list[str], send: bytes, until: bytes, timeout: float = 60) -> tuple[int, bytes]:
+    """Run argv on a new pty; once ``until`` shows up, type ``send``; return the exit
+    code and everything the terminal showed."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and until in out:
+            os.write(fd, send)
+            sent = True
+    _, st = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(st), out
+
+
+def test_run_interactive_gives_the_app_the_terminal(pm: Podmgr, images: Path) -> None:
+    script = (
+        "test -t 0 && test -t 1 && test -t 2 && echo APP-HAS-A-TTY; "
+        "echo ready; read line; echo got:$line; exit 5"
+    )
+    aci = str(build_image(images / "tty.aci", "example.com/tty", ["/bin/sh", "-c", script]))
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
+    code, out = _drive([*argv, "--interactive", aci], b"typed text\n", b"ready")
+    assert b"APP-HAS-A-TTY" in out, out
+    assert b"got:typed text" in out, out
+    assert code == 5, out
+
+
+def test_run_interactive_refuses_two_apps(pm: Podmgr, images: Path) -> None:
+    aci = str(build_image(images / "two.aci", "example.com/two", ["/bin/true"]))
+    before = sorted(os.listdir(pm.state / "pods"))
+    p = pm("run", INSECURE, "--interactive", aci, "---", aci, "--name", "b", check=False)
+    assert p.returncode == 2 and "one app" in p.stderr
+    assert sorted(os.listdir(pm.state / "pods")) == before
+
+
+def test_enter_passes_the_terminal(pm: Podmgr, confined: str) -> None:
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    code, out = _drive(
+        [*argv, "sh", "-c", "test -t 0 && echo IN-A-TTY; echo ready; read l; exit ${#l}"],
+        b"four\n",
+        b"ready",
+    )
+    assert b"IN-A-TTY" in out, out
+    assert code == 4, out
