@@ -101,6 +101,14 @@ class Images:
 # ---- prepare ---------------------------------------------------------------------------
 
 
+#: appc executor annotation: the app speaks sd_notify(3), so it is ready when it says so.
+NOTIFY_ANNOTATION = "appc.io/executor/supports-systemd-notify"
+
+
+def supports_notify(image_manifest: Any) -> bool:
+    return str(image_manifest.annotations.get(NOTIFY_ANNOTATION) or "").lower() == "true"
+
+
 def _default_app_name(image_name: str) -> str:
     from podmgr.schema import is_ac_name
 
@@ -342,6 +350,7 @@ def _prepare_in(
                 read_only_rootfs=app.read_only_root_fs,
                 binds=tuple(binds),
                 restart=restart or RestartPolicy.NO,
+                notify=supports_notify(manifests[app.image.id]),
                 lower=(str(lower),),
                 rootfs=str(fdir / "rootfs"),
                 rootfs_unit=units.mount_unit(str(fdir / "rootfs")),
@@ -394,6 +403,7 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
             read_only_rootfs=a.read_only_rootfs,
             binds=a.bind_list(),
             restart=a.restart,
+            notify=a.notify,
             rootfs=a.rootfs,
             rootfs_unit=a.rootfs_unit,
         )

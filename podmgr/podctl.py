@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from podmgr import journal, podstate, units
+from podmgr import journal, podstate, sdnotify, units
 from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
 from podmgr.podstate import AppExit, PodRecord
 
@@ -162,9 +162,14 @@ def run_attached(
     interrupted = False
     try:
         pod.start(state, uuid, bus=bus)
+        # Under systemd (a podmgr-generator unit, Type=notify): every app's start job
+        # is done.
+        sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
         code = wait(state, uuid, bus=bus)
+        sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
+        sdnotify.notify(f"STOPPING=1\nSTATUS=stopping pod {uuid}")
         with contextlib.suppress(Exception):
             stop(state, uuid, bus=bus)
         code = 130

@@ -53,6 +53,8 @@ class AppRecord(_Record):
     read_only_rootfs: bool = False
     binds: tuple[tuple[str, str, bool, bool], ...] = ()
     restart: RestartPolicy = RestartPolicy.NO
+    #: The image is annotated appc.io/executor/supports-systemd-notify=true.
+    notify: bool = False
     lower: tuple[str, ...]
     rootfs: str
     rootfs_unit: str

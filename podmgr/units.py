@@ -193,6 +193,8 @@ class AppPlan:
     read_only_rootfs: bool = False
     binds: tuple[Bind, ...] = ()
     restart: RestartPolicy = RestartPolicy.NO
+    #: The app tells systemd when it is ready (sd_notify): Type=notify.
+    notify: bool = False
     #: Path of the mounted overlay (RootDirectory) and the mount unit providing it.
     rootfs: str = ""
     rootfs_unit: str = ""
@@ -481,6 +483,11 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         props["BindReadOnlyPaths"] = ro_binds
     if app.read_only_rootfs:
         props["ReadOnlyPaths"] = ["/"]
+    if app.notify:
+        # appc.io/executor/supports-systemd-notify: the app's start job is done (and
+        # the pod ready) once it sends READY=1, not once it has been executed.
+        props["Type"] = "notify"
+        props["NotifyAccess"] = "main"
     if pod.net is NetMode.NONE:
         props["PrivateNetwork"] = True
     if others:

@@ -55,6 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("podmgr.cli.pod", "gc", "Garbage-collect exited and expired pods."),
     "logs": ("podmgr.cli.pod", "logs", "Show a pod's logs from the journal."),
     "cat-manifest": ("podmgr.cli.pod", "cat_manifest", "Print a pod's reified manifest."),
+    "generate": ("podmgr.cli.generate", "generate", "Generate .pod files and units for pods."),
     "enter": ("podmgr.cli.enter", "enter", "Run a command inside a running app, confined."),
     "metadata-service": (
         "podmgr.cli.metadata",
