@@ -481,15 +481,36 @@ def leftovers(before: dict[str, list[str]], after: dict[str, list[str]]) -> list
     return [f"{k}: {v}" for k in after for v in after[k] if v not in before.get(k, [])]
 
 
+def leftovers_of(
+    box_ids: list[str], before: dict[str, list[str]], after: dict[str, list[str]]
+) -> list[str]:
+    """Leftovers that belong to these boxes (or are host mounts, which no box may add)."""
+    return [
+        e
+        for e in leftovers(before, after)
+        if e.startswith("mounts:")
+        or any(CGROUP_NAME.format(id=i) in e or f"/{i}" in e for i in box_ids)
+    ]
+
+
 @contextlib.contextmanager
 def booted(box_id: str, root: str | None = None) -> Iterator[int]:
     """Boot a box for the duration of a with-block; check that it left nothing behind."""
     before = snapshot()
+    pid = None
     try:
-        yield start(box_id, root)
+        pid = start(box_id, root)
+        yield pid
     finally:
         stop(box_id)
-        extra = leftovers(before, snapshot())
+        # Only this box's traces count: other boxes (other test runs) may come and go.
+        extra = [
+            e
+            for e in leftovers(before, snapshot())
+            if e.startswith("mounts:") or CGROUP_NAME.format(id=box_id) in e or f"/{box_id}" in e
+        ]
+        if pid is not None and _alive(pid):
+            extra.append(f"systemd: {pid} still running")
         if extra:
             raise RuntimeError("box left things behind on the host:\n  " + "\n  ".join(extra))
 

@@ -60,16 +60,17 @@ def test_two_boxes_at_once_are_isolated_and_leave_nothing() -> None:
     finally:
         for i in ids:
             box.stop(i)
-    assert box.leftovers(before, box.snapshot()) == []
+    assert box.leftovers_of(ids, before, box.snapshot()) == []
 
 
 def test_a_failing_boot_cleans_up(tmp_path: Path) -> None:
     before = box.snapshot()
     empty = tmp_path / "not-a-root"
     empty.mkdir()
+    bad = f"host-bad-{os.getpid()}"
     with pytest.raises(SystemExit):
-        box.start(f"host-bad-{os.getpid()}", str(empty), timeout=20)
-    assert box.leftovers(before, box.snapshot()) == []
+        box.start(bad, str(empty), timeout=20)
+    assert box.leftovers_of([bad], before, box.snapshot()) == []
 
 
 def test_run_returns_the_command_exit_code() -> None:
@@ -108,4 +109,4 @@ def test_boots_debian13_systemd_257() -> None:
         assert run.returncode == 0, run.stderr
     finally:
         box.stop(i)
-    assert box.leftovers(before, box.snapshot()) == []
+    assert box.leftovers_of([i], before, box.snapshot()) == []

@@ -410,6 +410,7 @@ def test_not_root_is_one_line(images: Path, tmp_path: Path) -> None:
     # command needs first, then drop to nobody and run the CLI as a user would.
     code = (
         "import os, sys, podmgr.__main__ as m, podmgr.cli.pod, podmgr.pod, podmgr.imagefetch\n"
+        "import podmgr.network\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         f"m.main(['--dir', {str(tmp_path)!r}, 'run', {INSECURE!r}, {ok!r}])\n"
     )
@@ -425,3 +426,16 @@ def test_list_full_no_legend(pm: Podmgr) -> None:
     lines = p.stdout.splitlines()
     assert lines
     assert all(re.match(r"^[0-9a-f-]{36}\s", line) for line in lines)
+
+
+def test_run_of_an_unsigned_image_is_refused(pm: Podmgr, images: Path) -> None:
+    # The trust issue: run/prepare fetch implicitly, through the same verification.
+    aci = img(images, "unsigned", ["/bin/true"])
+    pods_before = sorted(os.listdir(pm.state / "pods")) if (pm.state / "pods").exists() else []
+    p = pm("run", aci, check=False)
+    assert p.returncode == 1, p.stderr
+    assert "signature" in p.stderr and "Traceback" not in p.stderr
+    pods_after = sorted(os.listdir(pm.state / "pods")) if (pm.state / "pods").exists() else []
+    assert pods_after == pods_before
+    listed = pm.json("image", "list")
+    assert not any(i.get("name") == "example.com/unsigned" for i in listed)
