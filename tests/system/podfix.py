@@ -32,7 +32,7 @@ APPLETS = [
             "test",
         ]
     ),
-    *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip"]),
+    *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip", "httpd"]),
 ]
 
 
