@@ -61,7 +61,12 @@ class PodSpec:
     environment: dict[str, str] = field(default_factory=dict)
     inherit_env: bool = False
     exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
-    net: NetMode = NetMode.HOST
+    #: --net: the default network, as in rkt (podmgr.network).
+    net: NetMode = NetMode.CNI
+    networks: tuple[str, ...] = ("default",)
+    #: --port, as the pod manifest's exposed ports: {"name", "hostPort"[, "hostIP"]}.
+    ports: list[dict[str, Any]] = field(default_factory=list)
+    names: Any = None  # podmgr.network.Names: --dns, --hosts-entry, --hostname, …
     user_annotations: dict[str, str] = field(default_factory=dict)
     user_labels: dict[str, str] = field(default_factory=dict)
     pod_manifest: Path | None = None
@@ -240,6 +245,8 @@ def build_manifest(spec: PodSpec, images: Images) -> tuple[Any, dict[str, Any]]:
         pod_doc["userAnnotations"] = spec.user_annotations
     if spec.user_labels:
         pod_doc["userLabels"] = spec.user_labels
+    if spec.ports:
+        pod_doc["ports"] = spec.ports
     return parse_pod_manifest(pod_doc), manifests
 
 
@@ -297,9 +304,20 @@ def _prepare_in(
     images: Images,
     spec: PodSpec,
 ) -> PodRecord:
+    from podmgr import network
     from podmgr.schema import dump_manifest
 
     volumes = _prepare_volumes(manifest, tmp, final)
+    ports = network.resolve_ports(manifest)
+    if ports and spec.net is not NetMode.CNI:
+        raise UsageError(f"--port needs a pod network, not --net={spec.net.value}")
+    sysctls = {
+        k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
+    }
+    network.check_sysctls(sysctls, spec.net.value)
+    names = spec.names or network.Names()
+    network.check_names(names)
+    hostname = names.hostname or units.machine_name(uuid)
     (tmp / "shm").mkdir(mode=0o1777)
     os.chmod(tmp / "shm", 0o1777)
     records = []
@@ -327,7 +345,9 @@ def _prepare_in(
             target = rootfs.ensure_mount_target(lower, upper, m.path)
             mp_ro = any(p.read_only for p in a.mount_points if p.path == m.path)
             binds.append((src, target, ro or mp_ro, rec))
-        rootfs.ensure_etc_hosts(lower, upper, units.machine_name(uuid))
+        network.write_etc(lower, upper, names, hostname, private_net=spec.net is not NetMode.HOST)
+        if names.hostname:
+            env.setdefault("HOSTNAME", names.hostname)
         handlers = {h.name: tuple(h.exec) for h in a.event_handlers}
         fdir = final / "apps" / app.name
         restart = next((s.restart for s in spec.apps if s.name == app.name), None)
@@ -362,6 +382,10 @@ def _prepare_in(
         created=podstate.now(),
         exit_policy=spec.exit_policy,
         net=spec.net,
+        networks=spec.networks if spec.net is NetMode.CNI else (),
+        ports=tuple(
+            (m.name, m.protocol, m.container_port, m.host_port, m.host_ip) for m in ports
+        ),
         apps=tuple(records),
         metadata_token=secrets.token_urlsafe(24),
         user_annotations=spec.user_annotations,
@@ -419,7 +443,21 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
         exit_hook_env=hook_env,
         shm_dir=str(pdir / "shm"),
         metadata_url=metadata.metadata_url(record),
+        netns_path=None if record.net is NetMode.HOST else network_netns(record.uuid),
+        net_hook=net_hook(state, record.uuid, hook_argv),
     )
+
+
+def network_netns(uuid: str) -> str:
+    from podmgr import network
+
+    return network.netns_path(uuid)
+
+
+def net_hook(state: Path, uuid: str, exit_argv: Sequence[str]) -> tuple[str, ...]:
+    """The pod network unit's ExecStop=: ``python -S -m podmgr.network down STATE UUID``,
+    with the exit hook's interpreter flags and PYTHONPATH."""
+    return (*exit_argv[:2], "-m", "podmgr.network", "down", str(state), uuid)
 
 
 def reified_manifest(state: Path, uuid: str) -> Any:
@@ -442,6 +480,8 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
     batch: list[tuple[str, dict[str, Any], list[Any]]] = [
         (units.pod_slice(record.uuid), units.slice_properties(p), [])
     ]
+    if p.netns_path:
+        batch.append((units.net_unit(record.uuid), units.net_unit_properties(p), []))
     services = [units.app_service(record.uuid, a.name) for a in p.apps]
     for i, (a, rec) in enumerate(zip(p.apps, record.apps, strict=True)):
         pdir = Path(rec.rootfs).parent
@@ -496,13 +536,36 @@ def start(
     )
     record = record.model_copy(update={"started": podstate.now(), "boot_id": podstate.boot_id()})
     podstate.save(pdir, record)
-    with systemd.connect(bus) as sd:
+    from podmgr import network
+
+    try:
+        network.setup(
+            pdir,
+            uuid,
+            record.net.value,
+            record.networks,
+            ports=[network.PortMapping(*p) for p in record.ports],
+            sysctls={
+                k: v
+                for i in isolators_of(state, uuid, None)
+                if i.name == "os/unix/sysctl"
+                for k, v in i.value.items()
+            },
+        )
+        with systemd.connect(bus) as sd:
+            try:
+                sd.start_transient_units(batch)
+            except PodmgrError:
+                _teardown_units(sd, record)
+                raise
+            _register_machine(sd, record)
+    except BaseException:
+        # Whatever got attached goes, also when the net unit's ExecStop did it already.
         try:
-            sd.start_transient_units(batch)
-        except PodmgrError:
-            _teardown_units(sd, record)
-            raise
-        _register_machine(sd, record)
+            network.teardown(pdir, uuid)
+        except PodmgrError as e:
+            log.warning("%s", e.message)
+        raise
     return record
 
 

@@ -221,6 +221,8 @@ class PodStatus:
     net: str
     apps: list[AppStatus]
     isolators: list[dict[str, str]] = field(default_factory=list)
+    #: Per network: name, interface, ips, gateway, ports (podmgr.network.status).
+    networks: list[dict[str, Any]] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [
@@ -232,6 +234,11 @@ class PodStatus:
         ]
         if self.exit_code is not None:
             lines.append(f"exit code: {self.exit_code}")
+        for n in self.networks:
+            addrs = ", ".join(str(ip["address"]) for ip in n.get("ips", [])) or "-"
+            lines.append(f"network:   {n['name']} {n['interface']} {addrs}".rstrip())
+            for port in n.get("ports", []):
+                lines.append(f"  port:    {port}")
         for i in self.isolators:
             lines.append(f"isolator:  pod {i['name']}: {i['state']} {i.get('detail', '')}".rstrip())
         for a in self.apps:
@@ -316,10 +323,18 @@ def status(state: Path, uuid: str, *, bus: str | None = None) -> PodStatus:
         exit_code=pod_exit_code(pdir, record)
         if st in (PodState.EXITED, PodState.GARBAGE)
         else None,
-        net=record.net.value,
+        net=",".join(record.networks) if record.networks else record.net.value,
         apps=apps,
         isolators=[_iso_dict(i) for i in pod_isos],
+        networks=_networks(pdir),
     )
+
+
+def _networks(pdir: Path) -> list[dict[str, Any]]:
+    from podmgr import network
+
+    st = network.status(pdir)
+    return list(st.get("networks", [])) if st else []
 
 
 def _iso_dict(r: units.IsolatorReport) -> dict[str, str]:
@@ -448,8 +463,11 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
             for name in [units.pod_slice(uuid), *(a.unit for a in record.apps)]:
                 with contextlib.suppress(systemd.BusError):
                     sd.reset_failed_unit(name)
+    from podmgr import network
     from podmgr.process import run
 
+    # The net unit's ExecStop= has done this unless the pod never stopped cleanly.
+    network.teardown(pdir, uuid)
     for mp in _mounts_under(pdir):
         run(["umount", "--lazy", mp], check=False)
     # Rename first, so that a crash mid-removal leaves no half-removed pod in the list.

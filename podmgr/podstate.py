@@ -7,7 +7,9 @@ Layout (versioned by ``pod.json``'s ``version``; migrate explicitly in :func:`lo
 - ``apps/<app>/image-manifest`` — the app's original image manifest;
 - ``apps/<app>/upper``, ``work`` — the overlay's pod-private layers; ``rootfs`` — its mount point;
 - ``apps/<app>/exit.json`` — :class:`AppExit`, written by the app's ExecStopPost hook;
-- ``volumes/<name>/`` — ``kind=empty`` volumes; ``shm/`` — the pod's /dev/shm.
+- ``volumes/<name>/`` — ``kind=empty`` volumes; ``shm/`` — the pod's /dev/shm;
+- ``net/<network>.json`` — the CNI result cache for DEL, ``net/status.json`` — interfaces,
+  addresses, ports and sysctls as set up (:mod:`podmgr.network`).
 
 A pod being prepared lives in ``pods/.prep-<uuid>`` and appears under its UUID only once
 complete (a rename), so a crash leaves no half-made pod, only a temp dir ``gc`` removes.
@@ -73,6 +75,10 @@ class PodRecord(_Record):
     garbage: datetime | None = None
     exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
     net: NetMode = NetMode.HOST
+    #: With ``net`` = cni: the --net values (``NAME[:K=V;…]``), in order (eth0, eth1, …).
+    networks: tuple[str, ...] = ()
+    #: --port mappings: (port name, protocol, container port, host port, host IP or "").
+    ports: tuple[tuple[str, str, int, int, str], ...] = ()
     apps: tuple[AppRecord, ...]
     metadata_token: str
     user_annotations: dict[str, str] = {}

@@ -116,7 +116,10 @@ MS_REC = 16384
 
 class NetMode(enum.StrEnum):
     HOST = "host"
+    #: The pod's own network namespace with only ``lo``.
     NONE = "none"
+    #: The pod's own network namespace with CNI networks (``PodRecord.networks``).
+    CNI = "cni"
 
 
 class ExitPolicy(enum.StrEnum):
@@ -213,6 +216,10 @@ class PodPlan:
     #: A pod-private directory shared by its apps as /dev/shm.
     shm_dir: str | None = None
     metadata_url: str | None = None
+    #: The pod's network namespace (podmgr.network), joined by every app; None: the host's.
+    netns_path: str | None = None
+    #: The command whose ExecStop= tears the pod's network down (podmgr.network).
+    net_hook: tuple[str, ...] = ()
 
 
 # ---- isolators ---------------------------------------------------------------------
@@ -317,6 +324,9 @@ def isolator_report(scope: str, isolators: Sequence[Any], *, pod: bool) -> list[
         iso.CPUSharesIsolator,
         iso.OOMScoreAdjIsolator,
     )
+    if pod:
+        # Applied in the pod's own network namespace (podmgr.network), net.* only.
+        handled += (iso.SysctlIsolator,)
     if not pod:
         handled += (
             iso.CapabilitiesRetainSetIsolator,
@@ -385,6 +395,28 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
     }
 
 
+def net_unit(uuid: str) -> str:
+    # "net" cannot start a pod's hex UUID either.
+    return f"{UNIT_PREFIX}net-{pod_hex(uuid)}.service"
+
+
+def net_unit_properties(pod: PodPlan) -> dict[str, Any]:
+    """The unit that holds the pod's network: started before the apps (which are ordered
+    after it), it is bound to the pod's slice, so whatever stops the pod stops it after
+    the apps, and its ExecStop= tears the network down."""
+    return {
+        "Description": f"podmgr pod {pod.uuid} network",
+        "Type": "oneshot",
+        "RemainAfterExit": True,
+        "Slice": SLICE,
+        "BindsTo": [pod_slice(pod.uuid)],
+        "After": [pod_slice(pod.uuid)],
+        "CollectMode": "inactive-or-failed",
+        "ExecStop": [(pod.net_hook[0], list(pod.net_hook), False)],
+        "Environment": list(pod.exit_hook_env),
+    }
+
+
 def _exec(argv: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, list[str], list[str]]:
     return (argv[0], list(argv), list(flags))
 
@@ -403,8 +435,8 @@ def app_environment(app: AppPlan, pod: PodPlan) -> dict[str, str]:
 def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) -> dict[str, Any]:
     """The transient service for one app of a pod.
 
-    ``others`` are the other apps' services, which share its IPC (and, with
-    ``--net=none``, network) namespace.
+    ``others`` are the other apps' services, which share its IPC namespace; the network
+    namespace is the pod's own (``netns_path``) unless the pod uses the host's.
     """
     env = app_environment(app, pod)
     # Apps are confined by default, then isolators loosen or tighten that.
@@ -461,11 +493,12 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     # Secure by default: no_new_privs unless the manifest explicitly turns it off.
     props["NoNewPrivileges"] = True if nnp is None else bool(nnp.value)
     props.update(seccomp_properties(app.isolators))
-    props["ExecStartEx"] = [_exec(app.exec)]
+    # appc: "These values are not evaluated in any way": no $VAR expansion by systemd.
+    props["ExecStartEx"] = [_exec(app.exec, ["no-env-expand"])]
     if app.pre_start:
-        props["ExecStartPreEx"] = [_exec(app.pre_start)]
+        props["ExecStartPreEx"] = [_exec(app.pre_start, ["no-env-expand"])]
     if app.post_stop:
-        props["ExecStopPostEx"] = [_exec(app.post_stop, ["ignore-failure"])]
+        props["ExecStopPostEx"] = [_exec(app.post_stop, ["ignore-failure", "no-env-expand"])]
     if pod.exit_hook:
         # The exit hook is a unit of its own: an ExecStopPost runs inside the app's root
         # even with "+", where podmgr does not exist. OnSuccess/OnFailure fire only once
@@ -488,8 +521,11 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         # the pod ready) once it sends READY=1, not once it has been executed.
         props["Type"] = "notify"
         props["NotifyAccess"] = "main"
-    if pod.net is NetMode.NONE:
-        props["PrivateNetwork"] = True
+    if pod.netns_path:
+        props["NetworkNamespacePath"] = pod.netns_path
+        if pod.net_hook:
+            props["BindsTo"] = [*props["BindsTo"], net_unit(pod.uuid)]
+            props["After"] = [*props["After"], net_unit(pod.uuid)]
     if others:
         props["JoinsNamespaceOf"] = list(others)
     return props

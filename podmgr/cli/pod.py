@@ -15,7 +15,6 @@ import click
 
 from podmgr.cli import Ctx, emit, format_option
 
-_NET = ["host", "none"]
 _EXIT = ["on-any-failure", "on-any", "until-all"]
 _RESTART = ["no", "on-failure", "always"]
 
@@ -227,7 +226,20 @@ def pod_options(f: Any) -> Any:
                 default="on-any-failure",
                 show_default=True,
             ),
-            click.option("--net", type=click.Choice(_NET), default="host", show_default=True),
+            click.option(
+                "--net",
+                multiple=True,
+                help="default (the default), host, none, or NAME[:K=V;…] from "
+                "/etc/podmgr/net.d; repeat or comma-separate for several networks.",
+            ),
+            click.option(
+                "--port", multiple=True, help="NAME:[HOSTIP:]HOSTPORT: map an app's port."
+            ),
+            click.option("--dns", multiple=True, help="A resolver's IP, host, or none."),
+            click.option("--dns-search", multiple=True, help="A search domain."),
+            click.option("--dns-opt", multiple=True, help="A resolv.conf option."),
+            click.option("--hosts-entry", multiple=True, help="IP=NAME for /etc/hosts, or host."),
+            click.option("--hostname", help="The pod's name in /etc/hosts and $HOSTNAME."),
             click.option(
                 "--insecure-options", default="", help="Comma-separated: image, http, tls, all."
             ),
@@ -248,9 +260,11 @@ _SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
 def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
+    from podmgr.network import Names, parse_nets, parse_port
     from podmgr.pod import PodSpec
     from podmgr.units import ExitPolicy, NetMode
 
+    net_mode, networks = parse_nets(kw["net"])
     env: dict[str, str] = {}
     for f in kw["set_env_file"]:
         env.update(_env_file(f))
@@ -264,7 +278,16 @@ def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
         environment=env,
         inherit_env=kw["inherit_env"],
         exit_policy=ExitPolicy(kw["exit_policy"]),
-        net=NetMode(kw["net"]),
+        net=NetMode(net_mode),
+        networks=networks,
+        ports=[parse_port(v) for v in kw["port"]],
+        names=Names(
+            dns=tuple(kw["dns"]),
+            dns_search=tuple(kw["dns_search"]),
+            dns_opt=tuple(kw["dns_opt"]),
+            hosts_entries=tuple(kw["hosts_entry"]),
+            hostname=kw["hostname"],
+        ),
         user_annotations=dict(_kv(a, "--user-annotation K") for a in kw["user_annotation"]),
         user_labels=dict(_kv(a, "--user-label K") for a in kw["user_label"]),
         pod_manifest=kw["pod_manifest"],

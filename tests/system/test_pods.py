@@ -439,3 +439,9 @@ def test_run_of_an_unsigned_image_is_refused(pm: Podmgr, images: Path) -> None:
     assert pods_after == pods_before
     listed = pm.json("image", "list")
     assert not any(i.get("name") == "example.com/unsigned" for i in listed)
+
+
+def test_exec_arguments_are_not_expanded(pm: Podmgr, images: Path) -> None:
+    # appc: environment values and exec arguments "are not evaluated in any way".
+    aci = img(images, "literal", ["/bin/echo", "$AC_APP_NAME", "${PATH}", "$$"])
+    assert pm("run", INSECURE, aci).stdout.strip() == "$AC_APP_NAME ${PATH} $$"
