@@ -51,6 +51,20 @@ def parse_exit(env: Mapping[str, str]) -> tuple[str, str | None, int | None, str
     return result, code, status, sig
 
 
+_CLD = {1: "exited", 2: "killed", 3: "dumped"}
+
+
+def exit_from_unit(props: Mapping[str, Any]) -> tuple[str, str | None, int | None, str | None]:
+    """The same as :func:`parse_exit`, from a service's D-Bus properties."""
+    code = _CLD.get(int(props.get("ExecMainCode") or 0))
+    raw = props.get("ExecMainStatus")
+    env = {"MONITOR_SERVICE_RESULT": str(props.get("Result") or "success")}
+    if code is not None:
+        env["MONITOR_EXIT_CODE"] = code
+        env["MONITOR_EXIT_STATUS"] = str(raw if raw is not None else "")
+    return parse_exit(env)
+
+
 def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
     from podmgr import systemd
 
@@ -66,10 +80,18 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         with contextlib.suppress(SystemdError):
             props = sd.unit_properties(me["unit"], ["NRestarts", "ActiveState", "Job"])
             restarts = props.get("NRestarts")
-            # systemd 252 also fires OnSuccess= when it restarts a unit; the app is not
-            # done then, and neither is the pod.
             if alive(props):
-                return
+                # systemd 252 also fires OnSuccess= when it restarts a unit. Wait for the
+                # app to settle: running again means it is not done. If it ends meanwhile,
+                # its final trigger merges into this very run of the hook, so this run
+                # must record that end, from the unit's own properties.
+                settled = sd.wait_for_state(
+                    me["unit"], ("active", "inactive", "failed"), timeout=120
+                )
+                if settled.get("ActiveState") == "active":
+                    return
+                result, code, status, sig = exit_from_unit(sd.unit_properties(me["unit"]))
+                restarts = settled.get("NRestarts", restarts)
         exit_record = {
             "name": app, "result": result, "code": code, "status": status, "signal": sig,
             "restarts": restarts, "time": datetime.now(UTC).isoformat(),

@@ -76,15 +76,21 @@ def metadata_base(record: PodRecord, env: Mapping[str, str] | None = None) -> st
 
     ``--net=host``: loopback, where podmgr-metadata.socket listens (or ``$PODMGR_METADATA_URL``).
     ``--net=none``: only ``lo`` of its own; no URL.
-    Other networks (CNI): the service must be reached through the network's gateway on
-    the host side (the socket needs a ListenStream= there too); that belongs to the
-    networking code, which knows the gateway. Until then such pods get no URL.
+    The default CNI network: its gateway on the bridge (``podmgr-metadata.socket`` also
+    listens there). An administrator's network: ``$PODMGR_METADATA_URL`` if set, else no
+    URL, since podmgr does not know where the service is reachable from there.
     """
     env = os.environ if env is None else env
     if record.net == NetMode.HOST:
         return (env.get(BASE_ENV) or DEFAULT_BASE).rstrip("/")
     if record.net == NetMode.NONE:
         return None
+    from podmgr.network import DEFAULT_GATEWAY
+
+    if env.get(BASE_ENV):
+        return env[BASE_ENV].rstrip("/")
+    if any(n.split(":", 1)[0] == "default" for n in record.networks):
+        return f"http://{DEFAULT_GATEWAY}:{DEFAULT_BASE.rsplit(':', 1)[1]}"
     return None
 
 

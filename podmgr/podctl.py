@@ -84,10 +84,16 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
     with systemd.connect(bus) as sd:
         for a in record.apps:
             sd.wait_for_state(a.unit, timeout=timeout)
-        # The slice outlives its apps only until the exit hook stops it.
+        _await_exit_records(pdir, record, timeout=30.0)
+        # The slice outlives its apps only until the last exit hook stops it; should a
+        # hook have failed, the apps are gone anyway, so finish the pod here.
+        slice_unit = units.pod_slice(uuid)
         with contextlib.suppress(systemd.BusError):
-            sd.wait_for_state(units.pod_slice(uuid), timeout=timeout)
-    _await_exit_records(pdir, record, timeout=10.0)
+            try:
+                sd.wait_for_state(slice_unit, timeout=30.0 if timeout is None else timeout)
+            except SystemdError:
+                log.warning("pod %s: the exit hook did not stop the pod; stopping it", uuid)
+                sd.stop_unit(slice_unit)
     code = pod_exit_code(pdir, record)
     return 0 if code is None else code
 

@@ -392,3 +392,21 @@ def test_service_survives_a_burst(pm: Podmgr, pods: dict[str, object]) -> None:
     assert all(r == (200, TEXT, a.encode()) for r in results)
     print(f"50 requests in {time.monotonic() - t0:.3f} s")
     assert sh("systemctl", "is-active", SERVICE).stdout.strip() == "active"
+
+
+def test_default_network_reaches_the_service_through_the_gateway(
+    pm: Podmgr, service: None, images: Path
+) -> None:
+    aci = build_image(
+        images / "gw.aci",
+        "example.com/gw",
+        [
+            "/bin/sh",
+            "-c",
+            'echo "url=$AC_METADATA_URL"; wget -q -O- "$AC_METADATA_URL/acMetadata/v1/pod/uuid"',
+        ],
+    )
+    p = pm("run", INSECURE, "--uuid-file-save", str(images / "gw.uuid"), str(aci), check=False)
+    uuid = (images / "gw.uuid").read_text().strip()
+    assert f"url=http://172.31.0.1:18112/{token_of(pm, uuid)}" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == uuid, p.stdout + p.stderr
