@@ -1,6 +1,13 @@
-"""Unit and machine names of pods (stdlib only: the exit hook imports this)."""
+"""Unit and machine names of pods, and the closed sets of pod options.
+
+Standard library only: the exit hook and ``podmgr list`` import this without the
+manifest schema.
+"""
 
 from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
@@ -28,3 +35,33 @@ def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
 
 def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
+
+
+class NetMode(enum.StrEnum):
+    HOST = "host"
+    #: The pod's own network namespace with only ``lo``.
+    NONE = "none"
+    #: The pod's own network namespace with CNI networks (``PodRecord.networks``).
+    CNI = "cni"
+
+
+class ExitPolicy(enum.StrEnum):
+    ON_ANY_FAILURE = "on-any-failure"
+    ON_ANY = "on-any"
+    UNTIL_ALL = "until-all"
+
+
+class RestartPolicy(enum.StrEnum):
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bind-mounted into an app's root."""
+
+    source: str
+    target: str
+    read_only: bool = False
+    recursive: bool = True

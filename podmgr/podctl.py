@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from podmgr import journal, podstate, sdnotify, units
+from podmgr import journal, names, podstate, sdnotify
 from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
 from podmgr.podstate import AppExit, PodRecord
 
@@ -69,7 +69,7 @@ def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
 
 
 def _unit_states(sd: Any) -> dict[str, str]:
-    return {u.name: u.active_state for u in sd.list_units([f"{units.UNIT_PREFIX}*.service"])}
+    return {u.name: u.active_state for u in sd.list_units([f"{names.UNIT_PREFIX}*.service"])}
 
 
 # ---- run attached ------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
         _await_exit_records(pdir, record, timeout=30.0)
         # The slice outlives its apps only until the last exit hook stops it; should a
         # hook have failed, the apps are gone anyway, so finish the pod here.
-        slice_unit = units.pod_slice(uuid)
+        slice_unit = names.pod_slice(uuid)
         with contextlib.suppress(systemd.BusError):
             try:
                 sd.wait_for_state(slice_unit, timeout=30.0 if timeout is None else timeout)
@@ -129,7 +129,7 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
     if record.started is None:
         raise ConflictError(f"pod {uuid} has not been started", hint=f"podmgr rm {uuid}")
     with systemd.connect(bus) as sd:
-        slice_unit = units.pod_slice(uuid)
+        slice_unit = names.pod_slice(uuid)
         if force:
             with contextlib.suppress(systemd.BusError):
                 sd.kill_unit(slice_unit, int(signals.SIGKILL))
@@ -280,7 +280,7 @@ def _num(v: Any) -> int | None:
 
 
 def status(state: Path, uuid: str, *, bus: str | None = None) -> PodStatus:
-    from podmgr import pod, systemd
+    from podmgr import pod, systemd, units
 
     pdir = podstate.pod_dir(state, uuid)
     record = podstate.load(pdir)
@@ -343,7 +343,7 @@ def _networks(pdir: Path) -> list[dict[str, Any]]:
     return list(st.get("networks", [])) if st else []
 
 
-def _iso_dict(r: units.IsolatorReport) -> dict[str, str]:
+def _iso_dict(r: Any) -> dict[str, str]:
     d = {"name": r.name, "state": r.state.value}
     if r.detail:
         d["detail"] = r.detail
@@ -463,10 +463,10 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
         with contextlib.suppress(SystemdError), systemd.connect(bus) as sd:
             if derive_state(record, _unit_states(sd)) is PodState.RUNNING:
                 raise ConflictError(f"pod {uuid} is running", hint=f"podmgr stop {uuid} first")
-            for name in [units.pod_slice(uuid), *(a.rootfs_unit for a in record.apps)]:
+            for name in [names.pod_slice(uuid), *(a.rootfs_unit for a in record.apps)]:
                 with contextlib.suppress(systemd.BusError):
                     sd.stop_unit(name)
-            for name in [units.pod_slice(uuid), *(a.unit for a in record.apps)]:
+            for name in [names.pod_slice(uuid), *(a.unit for a in record.apps)]:
                 with contextlib.suppress(systemd.BusError):
                     sd.reset_failed_unit(name)
     from podmgr import network

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from podmgr.errors import InvalidError, NotFoundError, UsageError
 from podmgr.fsutil import atomic_write
-from podmgr.units import Bind, ExitPolicy, NetMode, RestartPolicy
+from podmgr.names import Bind, ExitPolicy, NetMode, RestartPolicy
 
 POD_RECORD_VERSION = 1
 

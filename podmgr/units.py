@@ -28,6 +28,10 @@ from podmgr import isolators as iso
 # Re-exported: the names are part of this module's API.
 from podmgr.names import SLICE as SLICE
 from podmgr.names import UNIT_PREFIX as UNIT_PREFIX
+from podmgr.names import Bind as Bind
+from podmgr.names import ExitPolicy as ExitPolicy
+from podmgr.names import NetMode as NetMode
+from podmgr.names import RestartPolicy as RestartPolicy
 from podmgr.names import app_service as app_service
 from podmgr.names import exit_hook_unit as exit_hook_unit
 from podmgr.names import machine_name as machine_name
@@ -114,26 +118,6 @@ SECCOMP_ALWAYS_ALLOWED = ("execve", "exit", "exit_group", "rt_sigreturn", "sigre
 MS_REC = 16384
 
 
-class NetMode(enum.StrEnum):
-    HOST = "host"
-    #: The pod's own network namespace with only ``lo``.
-    NONE = "none"
-    #: The pod's own network namespace with CNI networks (``PodRecord.networks``).
-    CNI = "cni"
-
-
-class ExitPolicy(enum.StrEnum):
-    ON_ANY_FAILURE = "on-any-failure"
-    ON_ANY = "on-any"
-    UNTIL_ALL = "until-all"
-
-
-class RestartPolicy(enum.StrEnum):
-    NO = "no"
-    ON_FAILURE = "on-failure"
-    ALWAYS = "always"
-
-
 class IsolatorState(enum.StrEnum):
     APPLIED = "applied"
     BOUNDED = "bounded"
@@ -159,16 +143,6 @@ def escape_path(path: str) -> str:
 
 def mount_unit(path: str) -> str:
     return escape_path(path) + ".mount"
-
-
-@dataclass(frozen=True)
-class Bind:
-    """A host path bind-mounted into an app's root."""
-
-    source: str
-    target: str
-    read_only: bool = False
-    recursive: bool = True
 
 
 @dataclass(frozen=True)
