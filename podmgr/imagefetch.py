@@ -21,9 +21,19 @@ not downloaded again; ``never`` uses the store only. Local files are always read
 Signatures (fail closed): the ASCII-armoured detached signature of the file as served is
 ``signatures[ref]`` (a path or URL), else ``<image>.asc`` beside the file or URL, else
 the discovery template with ``{ext}`` = ``aci.asc``. It must verify with a key trusted
-for the image's name (:func:`podmgr.trust.verify`), before anything is added to the
-store; otherwise UntrustedError (exit 1). ``Insecure.IMAGE`` skips the check with a
-logged warning. The store records whether and by whom each image was verified.
+for the image's name, before anything is added to the store; otherwise UntrustedError
+(exit 1). ``Insecure.IMAGE`` skips the check with a logged warning. The store records
+whether and by whom each image was verified.
+
+The check overlaps the import: :func:`podmgr.trust.verifying` starts gpgv, and
+:meth:`Store.add`'s one pass over the archive (decompress, hash, extract into ``tmp/``)
+also feeds it the archive's bytes; the verdict is taken after the pass and before the
+blob, the index row or the tree is published (see :mod:`podmgr.trust` for the cost).
+So an unverified archive is parsed and extracted into ``tmp/`` before it is refused, by
+the same code that must already withstand hostile archives (``--insecure-options=image``
+and the manifest read of every image). If the import fails before the verdict, the rest
+of the file is fed to gpgv and a refused signature is reported instead of the import's
+error: a tampered image is a bad signature wherever the change is.
 
 Dependencies are fetched recursively after their image: from the store when a stored
 image matches the name and labels (and the ``imageID`` when given), else by discovery.
@@ -37,17 +47,17 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from podmgr.errors import InvalidError, NetworkError, NotFoundError, UsageError
+from podmgr.errors import InvalidError, NetworkError, NotFoundError, PodmgrError, UsageError
 
 if TYPE_CHECKING:
     from podmgr.fetch.discovery import AppString
     from podmgr.fetch.http import FetchOptions
     from podmgr.store import Store
-    from podmgr.trust import TrustStore
+    from podmgr.trust import SignatureCheck, TrustStore, UntrustedError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +167,39 @@ def _download_name(url: str) -> str:
     return "dl-" + hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
+class _SignedImport:
+    """The signature check of one image file, as Store.add's ImportCheck."""
+
+    def __init__(self, check: SignatureCheck, path: Path) -> None:
+        self.check = check
+        self.path = path
+
+    def write(self, data: bytes) -> int:
+        return self.check.write(data)
+
+    def finish(self) -> tuple[bool, str | None]:
+        return True, self.check.result().fingerprint
+
+    def refusal(self) -> UntrustedError | None:
+        """After a failed import: the signature's refusal, feeding gpgv the bytes the
+        import did not read; None if the signature is good or cannot be judged."""
+        from podmgr.trust import UntrustedError
+
+        if self.check.done:
+            return None  # the failure came after the verdict, or is the verdict
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.check.fed)
+                while chunk := f.read(1 << 20):
+                    self.check.write(chunk)
+            self.check.result()
+        except UntrustedError as e:
+            return e
+        except (OSError, PodmgrError):
+            return None
+        return None
+
+
 class _Fetcher:
     def __init__(self, store: Store, cfg: FetchConfig) -> None:
         from podmgr.trust import default_store
@@ -194,18 +237,35 @@ class _Fetcher:
 
     # -- signatures ------------------------------------------------------------------
 
-    def _verify(self, image: Path, sig: Path | None, name: str) -> tuple[bool, str | None]:
-        from podmgr.trust import verify
+    @contextlib.contextmanager
+    def _checked(
+        self, image: Path, explicit: str | None, beside: str, name: str
+    ) -> Iterator[_SignedImport | None]:
+        """The signature check of ``image`` for Store.add to feed; None when insecure.
 
-        if Insecure.IMAGE in self.cfg.insecure:
-            log.warning(
-                "not verifying the signature of %s (--insecure-options=image): "
-                "it will be used unverified",
-                name,
-            )
-            return False, None
-        v = verify(image, sig, name, store=self.trust)
-        return True, v.fingerprint
+        A missing or malformed signature is refused on entry. If the block fails before
+        the verdict, the rest of ``image`` is checked and a refusal replaces the error.
+        """
+        from podmgr.trust import verifying
+
+        with self._signature(explicit, beside) as sig_path:
+            if Insecure.IMAGE in self.cfg.insecure:
+                log.warning(
+                    "not verifying the signature of %s (--insecure-options=image): "
+                    "it will be used unverified",
+                    name,
+                )
+                yield None
+                return
+            with verifying(sig_path, name, store=self.trust) as check:
+                signed = _SignedImport(check, image)
+                try:
+                    yield signed
+                except Exception as e:
+                    refusal = signed.refusal()
+                    if refusal is not None:
+                        raise refusal from e
+                    raise
 
     @contextlib.contextmanager
     def _signature(self, explicit: str | None, beside: str) -> Any:
@@ -250,11 +310,8 @@ class _Fetcher:
 
         manifest_bytes = aci.read_manifest(path)
         name = parse_image_manifest(manifest_bytes).name
-        with self._signature(sig, str(path) + ".asc") as sig_path:
-            verified, fpr = self._verify(path, sig_path, name)
-        info = self.store.add(
-            path, verified=verified, fingerprint=fpr, manifest_bytes=manifest_bytes
-        )
+        with self._checked(path, sig, str(path) + ".asc", name) as check:
+            info = self.store.add(path, manifest_bytes=manifest_bytes, check=check)
         return Fetched(ref, info.id, info.name, "file", info.verified, info.fingerprint)
 
     def _url(
@@ -338,27 +395,33 @@ class _Fetcher:
         from podmgr.schema import parse_image_manifest
 
         if want_name is not None:
-            # The name is known: verify before parsing anything an attacker may have sent.
-            with self._signature(sig, sig_url) as sig_path:
-                verified, fpr = self._verify(path, sig_path, want_name)
+            # The name is known: the check starts before anything the server sent is
+            # parsed, so that a bad signature is what is reported if parsing fails.
+            with self._checked(path, sig, sig_url, want_name) as check:
+                manifest_bytes = aci.read_manifest(path)
+                name = parse_image_manifest(manifest_bytes).name
+                if name != want_name:
+                    raise InvalidError(
+                        f"discovery for {want_name} served an image named {name}",
+                        hint="the server's discovery templates point at the wrong image",
+                    )
+                return self.store.add(
+                    path,
+                    take=True,
+                    expected_id=expected_id,
+                    manifest_bytes=manifest_bytes,
+                    check=check,
+                )
         manifest_bytes = aci.read_manifest(path)
         name = parse_image_manifest(manifest_bytes).name
-        if want_name is not None and name != want_name:
-            raise InvalidError(
-                f"discovery for {want_name} served an image named {name}",
-                hint="the server's discovery templates point at the wrong image",
+        with self._checked(path, sig, sig_url, name) as check:
+            return self.store.add(
+                path,
+                take=True,
+                expected_id=expected_id,
+                manifest_bytes=manifest_bytes,
+                check=check,
             )
-        if want_name is None:
-            with self._signature(sig, sig_url) as sig_path:
-                verified, fpr = self._verify(path, sig_path, name)
-        return self.store.add(
-            path,
-            take=True,
-            verified=verified,
-            fingerprint=fpr,
-            expected_id=expected_id,
-            manifest_bytes=manifest_bytes,
-        )
 
     def _app(
         self, ref: str, app: AppString, sig: str | None, expected_id: str | None = None

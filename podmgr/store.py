@@ -59,7 +59,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError, UsageError
 from podmgr.fsutil import fsync_dir
@@ -117,6 +117,20 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class ImportCheck(Protocol):
+    """A check that sees an archive's bytes during :meth:`Store.add`'s one pass.
+
+    ``write`` gets every byte read from the source, in order; ``finish`` is called after
+    the pass and before anything is published, and returns (verified, fingerprint) for
+    the index, or raises to refuse the image (then nothing is published). The signature
+    check of :mod:`podmgr.imagefetch` is one.
+    """
+
+    def write(self, data: bytes) -> object: ...
+
+    def finish(self) -> tuple[bool, str | None]: ...
 
 
 @dataclasses.dataclass
@@ -485,12 +499,16 @@ class Store:
         fingerprint: str | None = None,
         expected_id: str | None = None,
         manifest_bytes: bytes | None = None,
+        check: ImportCheck | None = None,
     ) -> ImageInfo:
         """Import the archive ``src``; returns the stored image (new or already there).
 
         One pass hashes and checks the archive and copies it to the blob (or, with
         ``take``, renames ``src``, which must be on the store's filesystem); an image
         without dependencies is also extracted as its rendered tree in that same pass.
+        ``check`` sees the archive's bytes in that pass too, and its ``finish()`` gives
+        ``verified`` and ``fingerprint`` (or refuses the image) before anything is
+        published.
         """
         from podmgr import aci
         from podmgr.schema import parse_image_manifest
@@ -501,7 +519,10 @@ class Store:
         render_now = not manifest.dependencies
         with self.workdir() as work, contextlib.ExitStack() as stack:
             blob_tmp = src if take else work / "blob"
-            tee = None if take else stack.enter_context(open(blob_tmp, "wb"))
+            blob_file = None if take else stack.enter_context(open(blob_tmp, "wb"))
+            tee: Any = blob_file
+            if check is not None:
+                tee = check if blob_file is None else _Fanout(blob_file, check)
             tree = work / "tree"
             if render_now:
                 tree.mkdir(mode=0o755)
@@ -521,9 +542,12 @@ class Store:
                 seen_manifest = r.manifest_bytes
             if seen_manifest != manifest_bytes:
                 raise InvalidError(f"{src} changed while it was being imported")
-            if tee is not None:
-                tee.flush()
-                os.fsync(tee.fileno())
+            if blob_file is not None:
+                blob_file.flush()
+                os.fsync(blob_file.fileno())
+            if check is not None:
+                # The verdict comes before the blob, the row or the tree is published.
+                verified, fingerprint = check.finish()
             with self._locked(f"image-{image_id}"):
                 blob = self.blob_path(image_id)
                 if not blob.exists():
@@ -802,6 +826,18 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
+
+
+class _Fanout:
+    """Writes to the blob being stored and to an :class:`ImportCheck`."""
+
+    def __init__(self, blob: Any, check: ImportCheck) -> None:
+        self._blob, self._check = blob, check
+
+    def write(self, data: bytes) -> int:
+        self._blob.write(data)
+        self._check.write(data)
+        return len(data)
 
 
 class _TeeReader:

@@ -248,3 +248,48 @@ def test_url_with_signature_beside(site: Site, keys: Keys) -> None:
     p = site.podmgr("fetch", site.url("example.com/app"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == iid
+
+
+def _store_state(site: Site) -> tuple[object, ...]:
+    cas = site.state / "cas"
+    return (
+        site.listed(),
+        sorted(p.name for p in (cas / "blobs").iterdir()),
+        sorted(p.name for p in (cas / "trees").iterdir()),
+        sorted(p.name for p in (cas / "tmp").iterdir()),
+        sorted(p.name for p in (cas / "downloads").iterdir() if not p.name.endswith("part.json")),
+    )
+
+
+@pytest.mark.parametrize("source", ["discovery", "file"])
+def test_tampered_content_is_refused_after_the_overlapped_import(
+    site: Site, keys: Keys, source: str
+) -> None:
+    """A byte changed inside a file of an uncompressed image: the archive stays valid, so
+    the import's pass completes and only the signature check (fed by that pass) refuses."""
+    from podmgr import aci as aci_mod
+
+    write_key(site.admin, keys, "ed", "example.com")
+    site.publish(keys, "example.com/good")
+    assert site.podmgr("fetch", "example.com/good").returncode == 0
+    before = _store_state(site)
+    assert before[1] and before[2]
+
+    aci, _ = build_image(site.tmp / "app.aci", manifest("example.com/app"),
+                         {"payload": "A" * 8192}, aci_mod.Compression.NONE)  # fmt: skip
+    sig = keys.sign("ed", aci)
+    data = aci.read_bytes()
+    i = data.index(b"A" * 8192) + 4000
+    tampered = data[:i] + b"B" + data[i + 1 :]
+    if source == "file":
+        aci.write_bytes(tampered)
+        ref = str(aci)
+    else:
+        path = f"/images/example.com/app-latest-{OS}-{ARCH}.aci"
+        site.server.httpd.routes[path + ".asc"] = page(sig.read_bytes(), ctype="text/plain")
+        site.server.httpd.routes[path] = Blob(tampered)
+        ref = "example.com/app"
+    p = site.podmgr("fetch", ref)
+    assert p.returncode == 1, p.stderr
+    assert "bad signature" in p.stderr.lower() and "example.com/app" in p.stderr
+    assert _store_state(site) == before

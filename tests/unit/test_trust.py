@@ -16,6 +16,7 @@ from podmgr.trust import (
     inspect_key,
     prefix_matches,
     verify,
+    verifying,
 )
 
 __all__ = ["keys"]  # the session fixture, imported so that pytest finds it here
@@ -304,3 +305,57 @@ def test_adding_a_masked_vendor_key_unmasks_it(keys: Keys, store: TrustStore) ->
     assert store.keys_for(NAME) == []
     store.add(keys.public("vendor"), None)
     assert [k.origin for k in store.keys_for(NAME)] == ["admin"]
+
+
+# -- the streamed check (what fetching feeds during its import pass)
+
+
+def test_streamed_in_uneven_pieces_verifies(keys: Keys, store: TrustStore, image: Path) -> None:
+    store.add(keys.public("rsa"), None)
+    sig = keys.sign("rsa", image)
+    data = image.read_bytes()  # 16 KiB: pieces of 7 bytes, then the rest at once
+    with verifying(sig, NAME, store=store) as check:
+        for i in range(0, 7000, 7):
+            check.write(data[i : i + 7])
+        check.write(data[7000:])
+        assert check.fed == len(data)
+        assert check.result().fingerprint == keys.fpr["rsa"]
+        assert check.done and check.result().fingerprint == keys.fpr["rsa"]
+
+
+def test_streamed_short_input_is_a_bad_signature(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    store.add(keys.public("ed"), None)
+    sig = keys.sign("ed", image)
+    with verifying(sig, NAME, store=store) as check:
+        check.write(image.read_bytes()[:-1])
+        with pytest.raises(UntrustedError) as e:
+            check.result()
+        assert e.value.reason is Reason.BAD_SIGNATURE
+        with pytest.raises(UntrustedError):  # the verdict is kept
+            check.result()
+
+
+def test_streamed_check_refuses_before_any_byte(store: TrustStore, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.asc"
+    bad.write_text("-----BEGIN PGP SIGNATURE-----\n\n!!!\n-----END PGP SIGNATURE-----\n")
+    with pytest.raises(UntrustedError) as e, verifying(bad, NAME, store=store):
+        pass
+    assert e.value.reason is Reason.MALFORMED
+
+
+def test_abandoned_streamed_check_ends_gpgv(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path
+) -> None:
+    """Leaving the block without a verdict (an import that failed) does not hang, even
+    with more queued than the pipe holds, and leaves gpgv running."""
+    store.add(keys.public("ed"), None)
+    big = tmp_path / "big"
+    big.write_bytes(bytes(40 << 20))
+    with pytest.raises(RuntimeError), verifying(keys.sign("ed", big), NAME, store=store) as check:
+        for _ in range(30):
+            check.write(bytes(1 << 20))
+        gpgv = check._gpgv
+        raise RuntimeError("import failed")
+    assert not gpgv.is_alive()
