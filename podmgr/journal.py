@@ -54,6 +54,11 @@ def _entry(line: str) -> Entry | None:
         e = json.loads(line)
     except ValueError:
         return None
+    if e.get("_PID") == "1":
+        # systemd's own messages about a unit ("Started …", "Deactivated successfully")
+        # carry the unit's LogExtraFields on newer systemd (257 does, 252 did not); they
+        # are not the app's output.
+        return None
     msg = e.get("MESSAGE", "")
     if isinstance(msg, list):  # binary-safe form: a list of byte values
         msg = bytes(msg).decode(errors="replace")

@@ -5,13 +5,36 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import podmgr
 from podmgr import systemd
+
+# `make deb-test` runs these tests in a booted Debian 13 tree against the installed
+# package; it sets PODMGR_EXPECT_INSTALLED=1, and a podmgr from the checkout (on sys.path
+# through the working directory, PYTHONPATH or pytest's rootdir) would make the run
+# meaningless. The tests start the CLI as `sys.executable -m podmgr`, so the interpreter
+# and what it imports in a fresh process are checked too.
+if os.environ.get("PODMGR_EXPECT_INSTALLED") == "1":
+    PACKAGED = "/usr/lib/python3/dist-packages/podmgr/__init__.py"
+    if podmgr.__file__ != PACKAGED or sys.executable != "/usr/bin/python3":
+        raise RuntimeError(
+            f"PODMGR_EXPECT_INSTALLED: podmgr from {podmgr.__file__} with {sys.executable}, "
+            f"not {PACKAGED} with /usr/bin/python3"
+        )
+    _child = subprocess.run(
+        [sys.executable, "-c", "import podmgr; print(podmgr.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if _child != PACKAGED:
+        raise RuntimeError(f"PODMGR_EXPECT_INSTALLED: `python3 -m podmgr` would use {_child}")
 
 
 @pytest.fixture

@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# `make deb-test`: the tests run against the installed Debian package (the conftest
+# checks that podmgr is imported from it), so they use its unit files and generator.
+INSTALLED = os.environ.get("PODMGR_EXPECT_INSTALLED") == "1"
+REPO = Path(__file__).resolve().parents[2]
+UNITS = Path("/usr/lib/systemd/system") if INSTALLED else REPO / "units"
+
 APPLETS = [
     *(
         [
@@ -119,11 +125,19 @@ def sh(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True)
 
 
+# The package's own units, which `make deb-test` finds enabled and active: not a pod's.
+PACKAGE_UNITS = ("podmgr-gc.", "podmgr-metadata.", "podmgr.slice")
+
+
 def host_state() -> dict[str, list[str]]:
     """Units, mounts and pod directories that a pod could leave behind."""
     units = sh("systemctl", "list-units", "--all", "--no-legend", "--plain", "podmgr*").stdout
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     return {
-        "units": sorted(line.split()[0] for line in units.splitlines() if line.strip()),
+        "units": sorted(
+            u
+            for line in units.splitlines()
+            if line.strip() and not (u := line.split()[0]).startswith(PACKAGE_UNITS)
+        ),
         "mounts": sorted(m for m in mounts if "/pods/" in m),
     }

@@ -31,6 +31,8 @@ def journal_by_field(
             text=True,
         ).stdout
         entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        # Not systemd's own messages about the unit: 257 tags them with LogExtraFields.
+        entries = [e for e in entries if e.get("_PID") != "1"]
         if len(entries) >= want or time.monotonic() > deadline:
             return entries
         time.sleep(0.1)
@@ -161,7 +163,10 @@ def test_aux_units_list_stop_kill_reset(sd: Systemd, tmp_path: Path) -> None:
     assert set(names) == {main, aux}
     assert names[main].active_state == "active"
     st = sd.unit_status(main)
-    assert st["MainPID"] > 0 and st["TasksCurrent"] >= 1
+    # systemd 257 on the box's hybrid layout reports TasksCurrent=0 (its v1 support is
+    # deprecated); the pids controller it set up still counts the task.
+    tasks = st["TasksCurrent"] or int(cgroup_file(sd, main, "pids", "pids.current"))
+    assert st["MainPID"] > 0 and tasks >= 1
 
     sd.kill_unit(aux, 9)
     status = sd.wait_for_state(aux, timeout=10)

@@ -3,7 +3,9 @@
 The generator is installed as an administrator would (in /run/systemd/system-generators,
 private to the box), running the checkout's podmgr.generator with ExecStart= pointed at
 the podmgr under test; the .pod files set PODMGR_DIR to a state directory on the box's
-tmpfs (overlay upper layers cannot live on the box's overlay root).
+tmpfs (overlay upper layers cannot live on the box's overlay root). Under `make deb-test`
+(podfix.INSTALLED) the generator is the package's own, in /usr/lib/systemd/system-generators,
+and the units it writes run the package's /usr/bin/podmgr.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import build_image, sh
+from podfix import INSTALLED, PACKAGE_UNITS, REPO, build_image, sh
 
-REPO = Path(__file__).resolve().parents[2]
-GENERATORS = Path("/run/systemd/system-generators")
+GENERATORS = Path(
+    "/usr/lib/systemd/system-generators" if INSTALLED else "/run/systemd/system-generators"
+)
 PODS = Path("/etc/podmgr/pods")
 
 
@@ -37,7 +40,8 @@ def active_pod_units() -> list[str]:
         "--state=deactivating",
         "podmgr-*",
     ).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    units = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [u for u in units if not u.startswith(PACKAGE_UNITS)]
 
 
 def journal(unit: str) -> str:
@@ -64,21 +68,27 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "example.com/chatty",
         ["/bin/sh", "-c", "echo hello from $AC_APP_NAME; exec sleep 600"],
     )
-    GENERATORS.mkdir(parents=True, exist_ok=True)
     gen = GENERATORS / "podmgr-generator"
-    gen.write_text(
-        f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from podmgr.generator import main\n"
-        f"sys.exit(main(podmgr=[{sys.executable!r}, '-m', 'podmgr']))\n"
-    )
-    gen.chmod(0o755)
+    if not INSTALLED:
+        GENERATORS.mkdir(parents=True, exist_ok=True)
+        gen.write_text(
+            f"#!{sys.executable} -I\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+            "from podmgr.generator import main\n"
+            f"sys.exit(main(podmgr=[{sys.executable!r}, '-m', 'podmgr']))\n"
+        )
+        gen.chmod(0o755)
     PODS.mkdir(parents=True, exist_ok=True)
     yield {"state": str(state), "image": str(sleeper)}
     for p in PODS.glob("*.pod"):
         sh("systemctl", "disable", "--now", p.stem)
         p.unlink()
-    gen.unlink()
+    if not INSTALLED:
+        gen.unlink()
     sh("systemctl", "daemon-reload")
+
+
+# The checkout under test, not whatever podmgr the Python finds first.
+CHECKOUT = f"Environment=PYTHONPATH={REPO}\n"
 
 
 def pod_file(setup: dict[str, str]) -> str:
@@ -99,9 +109,7 @@ Environment=GREETING=hi
 
 [Service]
 Environment=PODMGR_DIR={setup["state"]}
-# The checkout under test, not whatever podmgr the Python finds first.
-Environment=PYTHONPATH={REPO}
-
+{"" if INSTALLED else CHECKOUT}
 [Install]
 WantedBy=multi-user.target
 """

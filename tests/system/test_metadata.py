@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, sh
+from podfix import UNITS, Podmgr, build_image, sh
 
 INSECURE = "--insecure-options=image"
-UNITS = Path(__file__).resolve().parents[2] / "units"
 ETC = Path("/etc/systemd/system")
 SOCKET = "podmgr-metadata.socket"
 SERVICE = "podmgr-metadata.service"

@@ -3,6 +3,8 @@
 They are installed as an administrator would (copies in /etc/systemd/system, which is
 private to the box), with ExecStart= pointed at the podmgr under test: the files say
 /usr/bin/podmgr, where packages put it, and the checkout is not installed there.
+Under `make deb-test` (podfix.INSTALLED) they are the package's own files in
+/usr/lib/systemd/system, and ExecStart= stays the package's /usr/bin/podmgr.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from podfix import INSTALLED, UNITS
 
-UNITS = Path(__file__).resolve().parents[2] / "units"
 ETC = Path("/etc/systemd/system")
 UNIT_FILES = sorted(
-    p for p in UNITS.iterdir() if p.suffix in (".service", ".socket", ".timer", ".slice")
+    p
+    for p in UNITS.iterdir()
+    if p.name.startswith("podmgr") and p.suffix in (".service", ".socket", ".timer", ".slice")
 )
+# The command that runs the podmgr under test.
+PODMGR = "/usr/bin/podmgr" if INSTALLED else f"{sys.executable} -m podmgr"
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -27,7 +33,7 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def installed_copy(src: Path, dest_dir: Path) -> Path:
-    text = src.read_text().replace("/usr/bin/podmgr", f"{sys.executable} -m podmgr")
+    text = src.read_text().replace("/usr/bin/podmgr", PODMGR)
     dest = dest_dir / src.name
     dest.write_text(text)
     return dest
@@ -92,7 +98,7 @@ def start_with_exec(service: str, override: str = "") -> None:
     try:
         (drop_in / "test.conf").write_text(
             f"[Unit]\nConditionPathIsDirectory=\n[Service]\n{override}ExecStart=\n"
-            f"ExecStart={sys.executable} -m podmgr version\n"
+            f"ExecStart={PODMGR} version\n"
         )
         run("systemctl", "daemon-reload")
         p = run("systemctl", "start", service)
