@@ -65,6 +65,20 @@ def exit_from_unit(props: Mapping[str, Any]) -> tuple[str, str | None, int | Non
     return parse_exit(env)
 
 
+def socket_activated(pdir: Path, app: str) -> bool:
+    """Whether the app has a socket unit: a port ``socketActivated`` in the reified pod
+    manifest (read as plain JSON: the hook does without pydantic)."""
+    try:
+        manifest = json.loads((pdir / "manifest").read_bytes())
+    except (OSError, ValueError):
+        return False
+    for ra in manifest.get("apps") or ():
+        if ra.get("name") == app:
+            ports = (ra.get("app") or {}).get("ports") or ()
+            return any(p.get("socketActivated") is True for p in ports)
+    return False
+
+
 def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
     from podmgr import systemd
 
@@ -100,6 +114,11 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         slice_unit = names.pod_slice(uuid)
         if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
             return  # the pod is being stopped as a whole
+        if socket_activated(pdir, app):
+            # The app has ended for good: close its socket-activated ports, so that
+            # traffic cannot start it again behind the exit policy's back.
+            with contextlib.suppress(SystemdError):
+                sd.stop_unit(me["unit"].removesuffix(".service") + ".socket", wait=False)
         # machinectl terminate stops the leader's unit, and that means the whole pod.
         # (PropagatesStopTo= would also fire when the leader merely exits.)
         stopped = code in ("killed", "dumped") and result == "success"

@@ -430,6 +430,7 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
             notify=a.notify,
             rootfs=a.rootfs,
             rootfs_unit=a.rootfs_unit,
+            sockets=tuple(sockets_of(state, record.uuid, a.name)),
         )
         for a in record.apps
     )
@@ -474,6 +475,23 @@ def isolators_of(state: Path, uuid: str, app: str | None) -> list[Any]:
     return list(ra.app.isolators) if ra is not None and ra.app is not None else []
 
 
+def sockets_of(state: Path, uuid: str, app: str) -> list[units.SocketPort]:
+    """The app's ports declared ``socketActivated: true``, in the manifest's order."""
+    ra = reified_manifest(state, uuid).app(app)
+    ports = ra.app.ports if ra is not None and ra.app is not None else ()
+    out = []
+    for p in ports:
+        if not p.socket_activated:
+            continue
+        if p.protocol.lower() not in units.SOCKET_TYPES:
+            raise InvalidError(
+                f"app {app}: port {p.name!r} is socket-activated over {p.protocol!r}",
+                hint="socket activation takes tcp and udp ports",
+            )
+        out.append(units.SocketPort(p.name, p.protocol.lower(), p.port, p.count))
+    return out
+
+
 def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any], list[Any]]]:
     """The StartTransientUnit calls that start a pod, in order."""
     p = plan(state, record, isolators_of(state, record.uuid, None))
@@ -500,6 +518,8 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
             (units.exit_hook_unit(record.uuid, a.name), hook_props),
             (units.exit_hook_unit(record.uuid, a.name, failed=True), hook_props),
         ]
+        if a.sockets:
+            aux.append((units.socket_unit(record.uuid, a.name), units.socket_properties(a, p)))
         batch.append((services[i], props, aux))
     return batch
 

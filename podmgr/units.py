@@ -154,6 +154,17 @@ class IsolatorReport:
 
 
 @dataclass(frozen=True)
+class SocketPort:
+    """An app port declared ``socketActivated: true`` (aci.md), ``count`` ports from
+    ``port``."""
+
+    name: str
+    protocol: str  # tcp or udp
+    port: int
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class AppPlan:
     """Everything resolved about one app; the input to :func:`app_properties`."""
 
@@ -175,6 +186,8 @@ class AppPlan:
     #: Path of the mounted overlay (RootDirectory) and the mount unit providing it.
     rootfs: str = ""
     rootfs_unit: str = ""
+    #: Ports declared ``socketActivated: true``: systemd listens, the app gets the fds.
+    sockets: tuple[SocketPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -391,6 +404,52 @@ def net_unit_properties(pod: PodPlan) -> dict[str, Any]:
     }
 
 
+def socket_unit(uuid: str, app: str) -> str:
+    """The app's socket unit: named after its service, which is how systemd 252 pairs
+    them (a transient unit can set neither the socket's ``Service=`` nor the service's
+    ``Sockets=``)."""
+    return app_service(uuid, app).removesuffix(".service") + ".socket"
+
+
+#: Listen= socket types by appc port protocol.
+SOCKET_TYPES = {"tcp": "Stream", "udp": "Datagram"}
+
+
+def socket_properties(app: AppPlan, pod: PodPlan) -> dict[str, Any]:
+    """The transient socket unit that listens on the app's socket-activated ports and
+    passes them to the app by the sd_listen_fds protocol (LISTEN_FDS, LISTEN_FDNAMES), in
+    the order of the manifest's ports (a range port by port).
+
+    One socket unit per app (see :func:`socket_unit`), so one ``FileDescriptorName=``:
+    the port's name when the app has one socket-activated port (or range), otherwise
+    systemd's default, the socket unit's name. A bare port number listens on IPv6 and
+    IPv4 alike. In the pod's network namespace (``NetworkNamespacePath=``) unless the pod
+    uses the host's. It lives in the pod's slice, so stopping the pod closes it.
+    """
+    listen = []
+    for s in app.sockets:
+        kind = SOCKET_TYPES.get(s.protocol.lower())
+        if kind is None:
+            raise ValueError(f"port {s.name!r}: protocol {s.protocol!r} cannot be socket-activated")
+        listen += [(kind, str(s.port + i)) for i in range(s.count)]
+    props: dict[str, Any] = {
+        "Description": f"podmgr pod {pod.uuid} app {app.name} sockets",
+        "Listen": listen,
+        "Accept": False,
+        "Slice": pod_slice(pod.uuid),
+        "CollectMode": "inactive-or-failed",
+    }
+    if len({s.name for s in app.sockets}) == 1:
+        props["FileDescriptorName"] = app.sockets[0].name
+    if pod.netns_path:
+        props["NetworkNamespacePath"] = pod.netns_path
+        if pod.net_hook:
+            # Closed before the net unit's ExecStop= deletes the namespace.
+            props["BindsTo"] = [net_unit(pod.uuid)]
+            props["After"] = [net_unit(pod.uuid)]
+    return props
+
+
 def _exec(argv: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, list[str], list[str]]:
     return (argv[0], list(argv), list(flags))
 
@@ -500,6 +559,14 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         if pod.net_hook:
             props["BindsTo"] = [*props["BindsTo"], net_unit(pod.uuid)]
             props["After"] = [*props["After"], net_unit(pod.uuid)]
+    if app.sockets:
+        # The socket listens before the app starts and passes its fds; the app still
+        # starts with the pod, and keeps the same sockets across restarts. Once the app
+        # has ended for good, the exit hook closes them (PropagatesStopTo= would also
+        # reopen them at every restart).
+        sock = socket_unit(pod.uuid, app.name)
+        props["Requires"] = [sock]
+        props["After"] = [*props["After"], sock]
     if others:
         props["JoinsNamespaceOf"] = list(others)
     return props
