@@ -90,22 +90,22 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         return
     result, code, status, sig = parse_exit(env)
     with systemd.connect(bus) as sd:
-        restarts = None
+        props: Mapping[str, Any] = {}
         with contextlib.suppress(SystemdError):
             props = sd.unit_properties(me["unit"], ["NRestarts", "ActiveState", "Job"])
-            restarts = props.get("NRestarts")
-            if alive(props):
-                # systemd 252 also fires OnSuccess= when it restarts a unit. Wait for the
-                # app to settle: running again means it is not done. If it ends meanwhile,
-                # its final trigger merges into this very run of the hook, so this run
-                # must record that end, from the unit's own properties.
-                settled = sd.wait_for_state(
-                    me["unit"], ("active", "inactive", "failed"), timeout=120
-                )
-                if settled.get("ActiveState") == "active":
-                    return
-                result, code, status, sig = exit_from_unit(sd.unit_properties(me["unit"]))
-                restarts = settled.get("NRestarts", restarts)
+        restarts = props.get("NRestarts")
+        if alive(props):
+            # systemd 252 also fires OnSuccess= when it restarts a unit, so the app is not
+            # done. But should it end for good while this hook still runs, that final
+            # trigger merges into this very run and would be lost; so wait while the app
+            # flaps, and record its end if it comes. Once it has run for a while without
+            # ending, it is up: leave (a later end starts a new run of the hook).
+            try:
+                final = sd.wait_for_state(me["unit"], ("inactive", "failed"), timeout=3.0)
+            except SystemdError:
+                return
+            result, code, status, sig = exit_from_unit(final)
+            restarts = final.get("NRestarts", restarts)
         exit_record = {
             "name": app, "result": result, "code": code, "status": status, "signal": sig,
             "restarts": restarts, "time": datetime.now(UTC).isoformat(),
