@@ -50,7 +50,7 @@ build/trixie-root/usr/lib/systemd/systemd:
 .PHONY: deb deb-test
 deb: debian13-root
 	packaging/deb build
-deb-test: debian13-root
+deb-test: deb
 	packaging/deb test
 
 clean:
