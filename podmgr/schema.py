@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import platform
 import re
 import uuid as _uuid
 from collections.abc import Iterator, Mapping
@@ -227,36 +226,6 @@ VALID_OS_ARCH: Mapping[str, frozenset[str]] = {
     "freebsd": frozenset({"amd64", "i386", "arm"}),
     "darwin": frozenset({"x86_64", "i386"}),
 }
-# platform.machine() spellings -> appc arch label values.
-_MACHINE_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "i386": "i386",
-    "i486": "i386",
-    "i586": "i386",
-    "i686": "i386",
-    "aarch64": "aarch64",
-    "arm64": "aarch64",
-    "armv6l": "armv6l",
-    "armv7l": "armv7l",
-    "ppc64": "ppc64",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-}
-
-
-def host_os_arch() -> tuple[str, str]:
-    """The ``os`` and ``arch`` label values describing this host, e.g. ("linux", "amd64")."""
-    os_name = platform.system().lower()
-    machine = platform.machine().lower()
-    arch = _MACHINE_ARCH.get(machine, machine)
-    if os_name == "darwin" and arch == "amd64":
-        arch = "x86_64"
-    if os_name == "freebsd" and arch.startswith("arm"):
-        arch = "arm"
-    return os_name, arch
-
-
 class Label(_Model):
     name: ACIdentifier
     value: Str

@@ -73,7 +73,9 @@ def host_os_arch() -> tuple[str, str]:
     machine = platform.machine().lower()
     if system == "freebsd" and machine.startswith("arm"):
         return system, "arm"
-    return system, _ARCH.get(machine, machine)
+    arch = _ARCH.get(machine, machine)
+    # aci.md's table spells darwin's 64-bit arch x86_64, not amd64.
+    return system, "x86_64" if system == "darwin" and arch == "amd64" else arch
 
 
 @dataclass(frozen=True)

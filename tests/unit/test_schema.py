@@ -565,7 +565,9 @@ def test_python_construction_uses_snake_case() -> None:
 
 
 def test_host_os_arch_is_in_the_table() -> None:
-    os_name, arch = schema.host_os_arch()
+    from podmgr.fetch.discovery import host_os_arch
+
+    os_name, arch = host_os_arch()
     assert arch in schema.VALID_OS_ARCH[os_name]
 
 
