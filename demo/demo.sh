@@ -14,7 +14,7 @@ if [[ "${1:-}" != --inside ]]; then
 fi
 
 work=$(mktemp -d /tmp/podmgr-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'gpgconf --homedir "$work/gnupg" --kill all 2>/dev/null; rm -rf "$work"' EXIT
 state=$work/state        # a tmpfs in the box: overlay upper layers cannot live on overlayfs
 export PODMGR_TRUST_DIR=$work/trust
 export GNUPGHOME=$work/gnupg

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,12 +116,15 @@ _KEYS: Keys | None = None
 
 
 @pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     """Every test key, generated once per session (other modules import this fixture)."""
     global _KEYS
     if _KEYS is None:
         _KEYS = generate(tmp_path_factory.mktemp("gnupg"))
-    return _KEYS
+    yield _KEYS
+    # gpg starts an agent per home directory; a test run must not leave them running.
+    for home in tmp_path_factory.getbasetemp().glob("gnupg*"):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
 
 
 def test_generated_keys_have_the_expected_properties(keys: Keys) -> None:
