@@ -258,7 +258,11 @@ class Store:
             raise PodmgrError(f"cannot open the image store in {dir}: {e}") from None
         store = cls(Path(dir), db)
         try:
-            store._setup()
+            # Switching a new database to WAL takes an exclusive lock for which SQLite does
+            # not wait (no busy handler), so two processes opening a fresh store at once
+            # would see "database is locked": serialise set-up and migration.
+            with store.lock("index-setup"):
+                store._setup()
             store.cleanup_tmp()
         except BaseException:
             db.close()
