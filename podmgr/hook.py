@@ -26,13 +26,14 @@ from podmgr import names
 from podmgr.errors import SystemdError
 from podmgr.fsutil import atomic_write
 
-_RUNNING = {"active", "activating", "deactivating", "reloading"}
+#: ActiveStates in which a unit counts as running.
+RUNNING_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
 
 
 def alive(props: Mapping[str, Any]) -> bool:
     """Running, or about to: a queued start job leaves ActiveState inactive."""
     job = props.get("Job")
-    return props.get("ActiveState") in _RUNNING or bool(job and job[0])
+    return props.get("ActiveState") in RUNNING_STATES or bool(job and job[0])
 
 
 def parse_exit(env: Mapping[str, str]) -> tuple[str, str | None, int | None, str | None]:

@@ -576,7 +576,7 @@ def start(
             try:
                 sd.start_transient_units(batch)
             except PodmgrError:
-                _teardown_units(sd, record)
+                teardown_units(sd, record)
                 raise
             _register_machine(sd, record)
     except BaseException:
@@ -611,7 +611,8 @@ def _register_machine(sd: Any, record: PodRecord) -> None:
         log.info("pod %s not registered with machined: %s", record.uuid, e)
 
 
-def _teardown_units(sd: Any, record: PodRecord) -> None:
+def teardown_units(sd: Any, record: PodRecord) -> None:
+    """Stop a pod's slice and mounts (so its apps too) and reset what failed."""
     from podmgr.systemd import BusError
 
     names = [units.pod_slice(record.uuid)] + [a.rootfs_unit for a in record.apps]

@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 
 from podmgr import journal, names, podstate, sdnotify
 from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
+from podmgr.hook import RUNNING_STATES
 from podmgr.podstate import AppExit, PodRecord
 
 log = logging.getLogger(__name__)
 
-_RUNNING = {"active", "activating", "deactivating", "reloading"}
 
 
 class PodState(enum.StrEnum):
@@ -44,7 +44,7 @@ def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
     # Pods that ran before a reboot are exited, whatever systemd says now.
     if record.boot_id and record.boot_id != podstate.boot_id():
         return PodState.EXITED
-    if any(active.get(a.unit) in _RUNNING for a in record.apps):
+    if any(active.get(a.unit) in RUNNING_STATES for a in record.apps):
         return PodState.RUNNING
     return PodState.EXITED
 
@@ -455,7 +455,7 @@ def _mounts_under(path: Path) -> list[str]:
 def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
     """Remove an exited or prepared pod: units reset, mounts gone, directory removed."""
     from podmgr import systemd
-    from podmgr.pod import Images
+    from podmgr.pod import Images, teardown_units
 
     pdir = podstate.pod_dir(state, uuid)
     record = podstate.load(pdir)
@@ -463,12 +463,7 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
         with contextlib.suppress(SystemdError), systemd.connect(bus) as sd:
             if derive_state(record, _unit_states(sd)) is PodState.RUNNING:
                 raise ConflictError(f"pod {uuid} is running", hint=f"podmgr stop {uuid} first")
-            for name in [names.pod_slice(uuid), *(a.rootfs_unit for a in record.apps)]:
-                with contextlib.suppress(systemd.BusError):
-                    sd.stop_unit(name)
-            for name in [names.pod_slice(uuid), *(a.unit for a in record.apps)]:
-                with contextlib.suppress(systemd.BusError):
-                    sd.reset_failed_unit(name)
+            teardown_units(sd, record)
     from podmgr import network
     from podmgr.process import run
 
