@@ -291,7 +291,7 @@ def enter(
 def run_interactive(state: Path, uuid: str, *, bus: str | None = None) -> int:
     """Start a prepared one-app pod with the caller's stdio as the app's; wait; return
     the pod's exit code. Signals from the terminal go to the app."""
-    from podmgr import pod, podctl
+    from podmgr import launch
 
     record = podstate.load(podstate.pod_dir(state, uuid))
     if len(record.apps) != 1:
@@ -300,5 +300,5 @@ def run_interactive(state: Path, uuid: str, *, bus: str | None = None) -> int:
         )
     fds = _std_fds()
     with forward_signals(bus, record.apps[0].unit):
-        pod.start(state, uuid, bus=bus, stdio=fds)
-        return podctl.wait(state, uuid, bus=bus)
+        launch.start(state, uuid, bus=bus, stdio=fds)
+        return launch.wait(state, uuid, bus=bus)

@@ -71,7 +71,10 @@ class _Model(BaseModel):
     # Primitive fields use the strict aliases below so that JSON types are not coerced
     # ("1" is no int, 1 is no bool); containers stay lax so that Python callers may pass
     # lists where the models keep tuples.
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # defer_build: a model's validator is built on first use, not at import; most
+    # commands use a few of these models, and building all of them cost 50-80 ms of
+    # start-up with Debian 13's pydantic 2.10 (bench/pod_start).
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, defer_build=True)
 
 
 Str = Annotated[str, Strict()]

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podmgr import podstate
 from podmgr.errors import InvalidError, UsageError
-from podmgr.units import NetMode
+from podmgr.names import NetMode
 
 if TYPE_CHECKING:
     from podmgr.podstate import PodRecord
@@ -143,7 +142,7 @@ def sweep(state: Path) -> list[str]:
         for name in os.listdir(d):
             with contextlib.suppress(OSError):
                 target = os.readlink(d / name)
-                pods = podstate.pods_dir(state)
+                pods = state / "pods"
                 # A pod being prepared has its token before its directory has its name.
                 if not _UUID_RE.fullmatch(target) or not any(
                     (pods / n).is_dir() for n in (target, f".prep-{target}")
@@ -163,6 +162,8 @@ def lookup(state: Path, token: str) -> PodRecord | None:
         return None
     if not _UUID_RE.fullmatch(uuid):
         return None
+    from podmgr import podstate
+
     try:
         record = podstate.load(podstate.pod_dir(state, uuid))
     except Exception:
@@ -302,7 +303,7 @@ class Handler:
         if record is None:
             return NOT_FOUND
         route = parts[4:]
-        pdir = podstate.pod_dir(self.state, record.uuid)
+        pdir = self.state / "pods" / record.uuid
         if route[:2] == ["pod", "hmac"] and len(route) == 3 and route[2] in ("sign", "verify"):
             if method != "POST":
                 return Response(405, b"use POST\n", allow="POST")

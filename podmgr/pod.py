@@ -4,9 +4,11 @@ directory (:mod:`podmgr.podstate`) plus what systemd knows about the pod's units
 - **prepare** turns CLI options (or a pod manifest) into a reified pod manifest, renders
   every app's image, resolves users, groups, exec paths and mount targets inside the
   rendered root, and writes the pod directory atomically.
-- **start** creates the units in one batch of ``StartTransientUnit`` calls: the pod's
-  slice, then per app an overlay mount unit (aux) and a service; then registers the pod
-  with machined. Nothing of podmgr stays running.
+- **start** (:mod:`podmgr.launch`) creates the units in one batch of
+  ``StartTransientUnit`` calls: the pod's slice, then per app an overlay mount unit (aux)
+  and a service; then registers the pod with machined. Nothing of podmgr stays running.
+  prepare writes that batch to ``plan.json`` (:func:`unit_batch`), so that start needs
+  neither the manifests nor their models.
 - When an app ends for good, its ``OnSuccess``/``OnFailure`` unit runs ``podmgr
   _app-exited``, which records the exit status in the pod directory and applies the exit
   policy by stopping the pod's slice.
@@ -23,55 +25,20 @@ import shutil
 import sys
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podmgr import metadata, podstate, rootfs, units
-from podmgr.errors import ConflictError, InvalidError, PodmgrError, UsageError, require_root
+from podmgr import launch, metadata, podstate, rootfs, units
+from podmgr.errors import InvalidError, UsageError, require_root
 from podmgr.podstate import AppRecord, PodRecord
-from podmgr.units import ExitPolicy, NetMode, RestartPolicy
+from podmgr.units import NetMode, RestartPolicy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class AppSpec:
-    """One app as given on the command line (``IMAGE [APP OPTIONS]``)."""
-
-    image: str
-    name: str | None = None
-    exec: str | None = None
-    args: list[str] = field(default_factory=list)
-    user: str | None = None
-    group: str | None = None
-    supplementary_gids: list[int] | None = None
-    working_dir: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str]] = field(default_factory=list)
-    readonly_rootfs: bool = False
-    isolators: list[dict[str, Any]] = field(default_factory=list)
-    restart: RestartPolicy = RestartPolicy.NO
-
-
-@dataclass
-class PodSpec:
-    apps: list[AppSpec]
-    volumes: list[dict[str, Any]] = field(default_factory=list)
-    environment: dict[str, str] = field(default_factory=dict)
-    inherit_env: bool = False
-    exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
-    #: --net: the default network, as in rkt (podmgr.network).
-    net: NetMode = NetMode.CNI
-    networks: tuple[str, ...] = ("default",)
-    #: --port, as the pod manifest's exposed ports: {"name", "hostPort"[, "hostIP"]}.
-    ports: list[dict[str, Any]] = field(default_factory=list)
-    names: Any = None  # podmgr.network.Names: --dns, --hosts-entry, --hostname, …
-    user_annotations: dict[str, str] = field(default_factory=dict)
-    user_labels: dict[str, str] = field(default_factory=dict)
-    pod_manifest: Path | None = None
-    fetch_options: Any = None
-
+# Re-exported: the CLI builds these without importing this module (podmgr.podspec).
+from podmgr.podspec import AppSpec as AppSpec  # noqa: E402
+from podmgr.podspec import PodSpec as PodSpec  # noqa: E402
 
 # ---- images ----------------------------------------------------------------------------
 
@@ -311,10 +278,7 @@ def _prepare_in(
     ports = network.resolve_ports(manifest)
     if ports and spec.net is not NetMode.CNI:
         raise UsageError(f"--port needs a pod network, not --net={spec.net.value}")
-    sysctls = {
-        k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
-    }
-    network.check_sysctls(sysctls, spec.net.value)
+    network.check_sysctls(pod_sysctls(manifest), spec.net.value)
     names = spec.names or network.Names()
     network.check_names(names)
     hostname = names.hostname or units.machine_name(uuid)
@@ -383,15 +347,16 @@ def _prepare_in(
         exit_policy=spec.exit_policy,
         net=spec.net,
         networks=spec.networks if spec.net is NetMode.CNI else (),
-        ports=tuple(
-            (m.name, m.protocol, m.container_port, m.host_port, m.host_ip) for m in ports
-        ),
+        ports=tuple((m.name, m.protocol, m.container_port, m.host_port, m.host_ip) for m in ports),
         apps=tuple(records),
         metadata_token=secrets.token_urlsafe(24),
         user_annotations=spec.user_annotations,
         user_labels=spec.user_labels,
     )
     podstate.save(tmp, record)
+    # What start replays without the models (podmgr.launch); paths are the final ones.
+    state = final.parent.parent
+    launch.write_plan(tmp, unit_batch(state, record, manifest), pod_sysctls(manifest))
     return record
 
 
@@ -410,7 +375,9 @@ def exit_hook(state: Path, uuid: str) -> tuple[tuple[str, ...], tuple[str, ...]]
     return argv, (f"PYTHONPATH={':'.join(sorted(paths))}",)
 
 
-def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units.PodPlan:
+def plan(
+    state: Path, record: PodRecord, isolators: Sequence[Any] = (), manifest: Any = None
+) -> units.PodPlan:
     pdir = podstate.pod_dir(state, record.uuid)
     apps = tuple(
         units.AppPlan(
@@ -423,14 +390,14 @@ def plan(state: Path, record: PodRecord, isolators: Sequence[Any] = ()) -> units
             environment=a.environment,
             pre_start=a.pre_start,
             post_stop=a.post_stop,
-            isolators=tuple(isolators_of(state, record.uuid, a.name)),
+            isolators=tuple(isolators_of(state, record.uuid, a.name, manifest)),
             read_only_rootfs=a.read_only_rootfs,
             binds=a.bind_list(),
             restart=a.restart,
             notify=a.notify,
             rootfs=a.rootfs,
             rootfs_unit=a.rootfs_unit,
-            sockets=tuple(sockets_of(state, record.uuid, a.name)),
+            sockets=tuple(sockets_of(state, record.uuid, a.name, manifest)),
         )
         for a in record.apps
     )
@@ -467,17 +434,18 @@ def reified_manifest(state: Path, uuid: str) -> Any:
     return parse_pod_manifest((podstate.pod_dir(state, uuid) / "manifest").read_bytes())
 
 
-def isolators_of(state: Path, uuid: str, app: str | None) -> list[Any]:
-    m = reified_manifest(state, uuid)
+def isolators_of(state: Path, uuid: str, app: str | None, manifest: Any = None) -> list[Any]:
+    m = manifest if manifest is not None else reified_manifest(state, uuid)
     if app is None:
         return list(m.isolators)
     ra = m.app(app) if hasattr(m, "app") else None
     return list(ra.app.isolators) if ra is not None and ra.app is not None else []
 
 
-def sockets_of(state: Path, uuid: str, app: str) -> list[units.SocketPort]:
+def sockets_of(state: Path, uuid: str, app: str, manifest: Any = None) -> list[units.SocketPort]:
     """The app's ports declared ``socketActivated: true``, in the manifest's order."""
-    ra = reified_manifest(state, uuid).app(app)
+    m = manifest if manifest is not None else reified_manifest(state, uuid)
+    ra = m.app(app)
     ports = ra.app.ports if ra is not None and ra.app is not None else ()
     out = []
     for p in ports:
@@ -492,12 +460,10 @@ def sockets_of(state: Path, uuid: str, app: str) -> list[units.SocketPort]:
     return out
 
 
-def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any], list[Any]]]:
+def unit_batch(state: Path, record: PodRecord, manifest: Any = None) -> launch.Batch:
     """The StartTransientUnit calls that start a pod, in order."""
-    p = plan(state, record, isolators_of(state, record.uuid, None))
-    batch: list[tuple[str, dict[str, Any], list[Any]]] = [
-        (units.pod_slice(record.uuid), units.slice_properties(p), [])
-    ]
+    p = plan(state, record, isolators_of(state, record.uuid, None, manifest), manifest)
+    batch: launch.Batch = [(units.pod_slice(record.uuid), units.slice_properties(p), [])]
     if p.netns_path:
         batch.append((units.net_unit(record.uuid), units.net_unit_properties(p), []))
     services = [units.app_service(record.uuid, a.name) for a in p.apps]
@@ -524,101 +490,21 @@ def unit_batch(state: Path, record: PodRecord) -> list[tuple[str, dict[str, Any]
     return batch
 
 
-def start(
-    state: Path, uuid: str, *, bus: str | None = None, stdio: Sequence[int] | None = None
-) -> PodRecord:
-    """Start a prepared pod's units; returns once every app's start job is done.
-
-    ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
-    instead of the journal (``run --interactive``)."""
-    from podmgr import systemd
-
-    require_root("starting a pod")
-    pdir = podstate.pod_dir(state, uuid)
-    record = podstate.load(pdir)
-    if record.started is not None:
-        raise ConflictError(f"pod {uuid} has been started already", hint="prepare a new pod")
-    batch = unit_batch(state, record)
-    if stdio is not None:
-        from podmgr.enter import with_stdio
-
-        if len(record.apps) != 1:
-            raise UsageError("only a pod of one app can have the caller's terminal")
-        batch = [
-            (n, with_stdio(p, stdio) if n == record.apps[0].unit else p, aux)
-            for n, p, aux in batch
-        ]
-    from podmgr import userdb
-
-    userdb.ensure(
-        [a.uid for a in record.apps],
-        [g for a in record.apps for g in (a.gid, *a.supplementary_gids)],
-    )
-    record = record.model_copy(update={"started": podstate.now(), "boot_id": podstate.boot_id()})
-    podstate.save(pdir, record)
-    from podmgr import network
-
-    try:
-        network.setup(
-            pdir,
-            uuid,
-            record.net.value,
-            record.networks,
-            ports=[network.PortMapping(*p) for p in record.ports],
-            sysctls={
-                k: v
-                for i in isolators_of(state, uuid, None)
-                if i.name == "os/unix/sysctl"
-                for k, v in i.value.items()
-            },
-        )
-        with systemd.connect(bus) as sd:
-            try:
-                sd.start_transient_units(batch)
-            except PodmgrError:
-                teardown_units(sd, record)
-                raise
-            _register_machine(sd, record)
-    except BaseException:
-        # Whatever got attached goes, also when the net unit's ExecStop did it already.
-        try:
-            network.teardown(pdir, uuid)
-        except PodmgrError as e:
-            log.warning("%s", e.message)
-        raise
-    return record
+def replan(state: Path, uuid: str) -> tuple[launch.Batch, dict[str, str]]:
+    """The start plan of a pod whose ``plan.json`` this podmgr cannot replay."""
+    record = podstate.load(podstate.pod_dir(state, uuid))
+    manifest = reified_manifest(state, uuid)
+    return unit_batch(state, record, manifest), pod_sysctls(manifest)
 
 
-def _register_machine(sd: Any, record: PodRecord) -> None:
-    from podmgr.systemd import BusError
-
-    leader = record.leader()
-    if leader is None:
-        log.info("pod %s: every app restarts; not registered with machined", record.uuid)
-        return
-    try:
-        pid = int(sd.unit_status(leader.unit).get("MainPID") or 0)
-        if pid:
-            sd.register_machine(
-                units.machine_name(record.uuid),
-                units.pod_hex(record.uuid),
-                pid,
-                leader.rootfs,
-                service="podmgr",
-            )
-    except BusError as e:
-        # machined is optional (systemd-container); the pod runs without it.
-        log.info("pod %s not registered with machined: %s", record.uuid, e)
+def pod_sysctls(manifest: Any) -> dict[str, str]:
+    return {
+        k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
+    }
 
 
 def teardown_units(sd: Any, record: PodRecord) -> None:
     """Stop a pod's slice and mounts (so its apps too) and reset what failed."""
-    from podmgr.systemd import BusError
-
-    names = [units.pod_slice(record.uuid)] + [a.rootfs_unit for a in record.apps]
-    for name in names:
-        with contextlib.suppress(BusError):
-            sd.stop_unit(name)
-    for name in [*names, *(a.unit for a in record.apps)]:
-        with contextlib.suppress(BusError):
-            sd.reset_failed_unit(name)
+    launch.teardown_units(
+        sd, record.uuid, [a.rootfs_unit for a in record.apps], [a.unit for a in record.apps]
+    )

@@ -7,65 +7,41 @@ garbage? which boot?) and from systemd (are any of its app units still running?)
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import shutil
-import signal as signals
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from podmgr import journal, names, podstate, sdnotify
-from podmgr.errors import ConflictError, Interrupted, SystemdError, UsageError, require_root
-from podmgr.hook import RUNNING_STATES
+from podmgr import launch, names, podlist, podstate
+from podmgr.errors import ConflictError, SystemdError, UsageError, require_root
+from podmgr.podlist import PodState
 from podmgr.podstate import AppExit, PodRecord
 
 log = logging.getLogger(__name__)
 
 
 
-class PodState(enum.StrEnum):
-    PREPARED = "prepared"
-    RUNNING = "running"
-    EXITED = "exited"
-    GARBAGE = "garbage"
-
-
 def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
-    if record.garbage is not None:
-        return PodState.GARBAGE
-    if record.started is None:
-        return PodState.PREPARED
-    # Pods that ran before a reboot are exited, whatever systemd says now.
-    if record.boot_id and record.boot_id != podstate.boot_id():
-        return PodState.EXITED
-    if any(active.get(a.unit) in RUNNING_STATES for a in record.apps):
-        return PodState.RUNNING
-    return PodState.EXITED
+    return podlist.derive_state(
+        garbage=record.garbage,
+        started=record.started,
+        boot=record.boot_id,
+        units=[a.unit for a in record.apps],
+        active=active,
+    )
 
 
 def exit_status(ex: AppExit) -> int:
-    # "success" covers an app that the pod's own stop ended with SIGTERM: not a failure.
-    if ex.result == "success":
-        return 0
-    return ex.status if ex.status is not None and ex.status != 0 else 1
-
-
-
+    return launch.exit_status(ex.result, ex.status)
 
 
 def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
     """The first failing app's exit status, 0 if none failed, None if none exited."""
-    exits = [e for a in record.apps if (e := podstate.app_exit(pdir, a.name)) is not None]
-    if not exits:
-        return None
-    failed = sorted((e for e in exits if exit_status(e) != 0), key=lambda e: e.time)
-    return exit_status(failed[0]) if failed else 0
+    return launch.pod_exit_code(pdir, [a.name for a in record.apps])
 
 
 def _unit_states(sd: Any) -> dict[str, str]:
@@ -75,37 +51,8 @@ def _unit_states(sd: Any) -> dict[str, str]:
 # ---- run attached ------------------------------------------------------------------------
 
 
-def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | None = None) -> int:
-    """Block until every app of the pod has ended; return the pod's exit code."""
-    from podmgr import systemd
-
-    pdir = podstate.pod_dir(state, uuid)
-    record = podstate.load(pdir)
-    with systemd.connect(bus) as sd:
-        for a in record.apps:
-            sd.wait_for_state(a.unit, timeout=timeout)
-        _await_exit_records(pdir, record, timeout=30.0)
-        # The slice outlives its apps only until the last exit hook stops it; should a
-        # hook have failed, the apps are gone anyway, so finish the pod here.
-        slice_unit = names.pod_slice(uuid)
-        with contextlib.suppress(systemd.BusError):
-            try:
-                sd.wait_for_state(slice_unit, timeout=30.0 if timeout is None else timeout)
-            except SystemdError:
-                log.warning("pod %s: the exit hook did not stop the pod; stopping it", uuid)
-                sd.stop_unit(slice_unit)
-    code = pod_exit_code(pdir, record)
-    return 0 if code is None else code
-
-
-def _await_exit_records(pdir: Path, record: PodRecord, timeout: float) -> None:
-    """The exit hooks run right after their apps end; give them a moment to record."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(podstate.app_exit(pdir, a.name) is not None for a in record.apps):
-            return
-        time.sleep(0.01)
-    log.warning("pod %s: no exit status recorded for some apps", record.uuid)
+#: Re-exported: waiting for a pod is part of the start-up path (no pydantic there).
+wait = launch.wait
 
 
 def wait_ready(
@@ -120,81 +67,10 @@ def wait_ready(
             sd.wait_for_state(a.unit, ("active", "inactive", "failed"), timeout=timeout)
 
 
-def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> PodRecord:
-    from podmgr import systemd
-
-    require_root("stopping a pod")
-    pdir = podstate.pod_dir(state, uuid)
-    record = podstate.load(pdir)
-    if record.started is None:
-        raise ConflictError(f"pod {uuid} has not been started", hint=f"podmgr rm {uuid}")
-    with systemd.connect(bus) as sd:
-        slice_unit = names.pod_slice(uuid)
-        if force:
-            with contextlib.suppress(systemd.BusError):
-                sd.kill_unit(slice_unit, int(signals.SIGKILL))
-        with contextlib.suppress(systemd.NoSuchUnitError):
-            sd.stop_unit(slice_unit)
-    return record
+stop = launch.stop
 
 
-def run_attached(
-    state: Path,
-    uuid: str,
-    *,
-    bus: str | None = None,
-    emit: Callable[[journal.Entry], None],
-    follow_logs: bool = True,
-) -> int:
-    """Start a prepared pod, stream its apps' output, and return its exit code.
-
-    Ctrl-C or SIGTERM stops the pod (then returns 130)."""
-    from podmgr import pod
-
-    # Follow from a point in time, not from the journal's tail: journalctl -f that starts
-    # at the tail misses entries written while it sets up.
-    since = f"@{int(time.time()) - 1}"
-    follower = journal.Follower(uuid, since=since, all_lines=True) if follow_logs else None
-    thread = None
-    if follower is not None:
-        f = follower
-
-        def pump() -> None:
-            for e in f:
-                emit(e)
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-    interrupted = False
-    try:
-        pod.start(state, uuid, bus=bus)
-        # Under systemd (a podmgr-generator unit, Type=notify): every app's start job
-        # is done.
-        sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
-        code = wait(state, uuid, bus=bus)
-        sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
-    except (KeyboardInterrupt, Interrupted):
-        interrupted = True
-        sdnotify.notify(f"STOPPING=1\nSTATUS=stopping pod {uuid}")
-        with contextlib.suppress(Exception):
-            stop(state, uuid, bus=bus)
-        code = 130
-    finally:
-        if follower is not None:
-            journal.sync()
-            follower.close()
-            if thread is not None:
-                thread.join(timeout=5)
-            with contextlib.suppress(Exception):
-                for e in (
-                    journal.read(uuid, after_cursor=follower.cursor)
-                    if follower.cursor
-                    else (journal.read(uuid))
-                ):
-                    emit(e)
-    if interrupted:
-        raise Interrupted("interrupted; the pod was stopped")
-    return code
+run_attached = launch.run_attached
 
 
 # ---- status and list -------------------------------------------------------------------
@@ -350,59 +226,6 @@ def _iso_dict(r: Any) -> dict[str, str]:
     return d
 
 
-@dataclass(frozen=True)
-class PodListEntry:
-    uuid: str
-    apps: list[str]
-    images: list[str]
-    state: PodState
-    created: datetime
-    started: datetime | None
-
-
-@dataclass(frozen=True)
-class PodList:
-    kind: ClassVar[str] = "PodList"
-    pods: list[PodListEntry]
-    full: bool = False
-    legend: bool = True
-
-    def text(self) -> str:
-        rows = []
-        if self.legend:
-            rows.append(("UUID", "APPS", "IMAGES", "STATE", "CREATED", "STARTED"))
-        for p in self.pods:
-            rows.append(
-                (
-                    p.uuid if self.full else p.uuid[:8],
-                    ",".join(p.apps),
-                    ",".join(p.images),
-                    p.state.value,
-                    f"{p.created:%Y-%m-%d %H:%M:%S}",
-                    f"{p.started:%Y-%m-%d %H:%M:%S}" if p.started else "-",
-                )
-            )
-        if not rows:
-            return ""
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        )
-
-    def data(self) -> Any:
-        return [
-            {
-                "uuid": p.uuid,
-                "apps": p.apps,
-                "images": p.images,
-                "state": p.state.value,
-                "created": p.created.isoformat(),
-                "started": p.started.isoformat() if p.started else None,
-            }
-            for p in self.pods
-        ]
-
-
 def list_pods(state: Path, *, bus: str | None = None) -> list[tuple[PodRecord, PodState]]:
     """Every pod with its derived state, with one bus call in all."""
     from podmgr import systemd
@@ -419,23 +242,6 @@ def list_pods(state: Path, *, bus: str | None = None) -> list[tuple[PodRecord, P
         except SystemdError as e:
             log.warning("systemd is not reachable: %s", e)
     return [(r, derive_state(r, active)) for r in records]
-
-
-def list_result(
-    state: Path, *, bus: str | None = None, full: bool = False, legend: bool = True
-) -> PodList:
-    entries = [
-        PodListEntry(
-            r.uuid,
-            [a.name for a in r.apps],
-            [a.image_name for a in r.apps],
-            st,
-            r.created,
-            r.started,
-        )
-        for r, st in list_pods(state, bus=bus)
-    ]
-    return PodList(entries, full=full, legend=legend)
 
 
 # ---- rm and gc ---------------------------------------------------------------------------
@@ -455,7 +261,7 @@ def _mounts_under(path: Path) -> list[str]:
 def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
     """Remove an exited or prepared pod: units reset, mounts gone, directory removed."""
     from podmgr import systemd
-    from podmgr.pod import Images, teardown_units
+    from podmgr.pod import Images
 
     pdir = podstate.pod_dir(state, uuid)
     record = podstate.load(pdir)
@@ -463,7 +269,9 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
         with contextlib.suppress(SystemdError), systemd.connect(bus) as sd:
             if derive_state(record, _unit_states(sd)) is PodState.RUNNING:
                 raise ConflictError(f"pod {uuid} is running", hint=f"podmgr stop {uuid} first")
-            teardown_units(sd, record)
+            launch.teardown_units(
+                sd, record.uuid, [a.rootfs_unit for a in record.apps], [a.unit for a in record.apps]
+            )
     from podmgr import network
     from podmgr.process import run
 

@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from podmgr.errors import InvalidError, NotFoundError, UsageError
+from podmgr.errors import InvalidError, NotFoundError
 from podmgr.fsutil import atomic_write
 from podmgr.names import Bind, ExitPolicy, NetMode, RestartPolicy
+
+# Re-exported: finding pods needs no models (podmgr.podlist).
+from podmgr.podlist import all_uuids as all_uuids
+from podmgr.podlist import find as find
 
 POD_RECORD_VERSION = 1
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 class AppRecord(_Record):
@@ -164,29 +167,3 @@ def app_exit(directory: Path, app: str) -> AppExit | None:
 
 def write_app_exit(directory: Path, ex: AppExit) -> None:
     atomic_write(directory / "apps" / ex.name / "exit.json", ex.model_dump_json())
-
-
-def all_uuids(state: Path) -> list[str]:
-    d = pods_dir(state)
-    try:
-        return sorted(n for n in os.listdir(d) if not n.startswith("."))
-    except FileNotFoundError:
-        return []
-
-
-def find(state: Path, ref: str) -> str:
-    """A pod UUID from a full UUID or a unique prefix."""
-    ref = ref.strip().lower()
-    if not ref:
-        raise UsageError("empty pod UUID")
-    uuids = all_uuids(state)
-    if ref in uuids:
-        return ref
-    matches = [u for u in uuids if u.startswith(ref) or u.replace("-", "").startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise NotFoundError(f"no pod matches {ref!r}", hint="podmgr list shows the pods")
-    raise UsageError(
-        f"{ref!r} matches {len(matches)} pods", hint="give more characters of the UUID"
-    )

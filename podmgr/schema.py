@@ -234,7 +234,7 @@ class Label(_Model):
 class _NamedList(RootModel[tuple[Any, ...]]):
     """A list of name/value objects with unique names; a mapping for lookups."""
 
-    model_config = {"frozen": True}
+    model_config = {"frozen": True, "defer_build": True}
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return iter(self.root)

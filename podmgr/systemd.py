@@ -155,6 +155,57 @@ def encode_properties(props: Mapping[str, Any]) -> list[tuple[str, tuple[str, An
     return [encode_property(k, v) for k, v in props.items()]
 
 
+def _split_signature(sig: str) -> list[str]:
+    """The complete types in a D-Bus signature: ``"sasb"`` -> ``["s", "as", "b"]``."""
+    out, i = [], 0
+    while i < len(sig):
+        j = i
+        while sig[j] == "a":
+            j += 1
+        if sig[j] in "({":
+            depth, k = 0, j
+            while True:
+                depth += {"(": 1, "{": 1, ")": -1, "}": -1}.get(sig[k], 0)
+                k += 1
+                if depth == 0:
+                    break
+            j = k
+        else:
+            j += 1
+        out.append(sig[i:j])
+        i = j
+    return out
+
+
+def _from_plain(sig: str, value: Any) -> Any:
+    if sig.startswith("a{"):
+        key, val = _split_signature(sig[2:-1])
+        return {_from_plain(key, k): _from_plain(val, v) for k, v in value.items()}
+    if sig == "ay":
+        return value.encode() if isinstance(value, str) else bytes(value)
+    if sig.startswith("a"):
+        return [_from_plain(sig[1:], v) for v in value]
+    if sig.startswith("("):
+        fields = _split_signature(sig[1:-1])
+        return tuple(_from_plain(f, v) for f, v in zip(fields, value, strict=True))
+    return value
+
+
+def to_plain(value: Any) -> Any:
+    """``json.dumps(…, default=to_plain)`` for property values: bytes as lists of ints."""
+    if isinstance(value, bytes | bytearray):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not a unit property value")
+
+
+def from_plain(props: Mapping[str, Any]) -> dict[str, Any]:
+    """Unit properties read back from JSON, with tuples where their signature has structs.
+
+    The inverse of ``json.dumps`` on a property mapping built for StartTransientUnit (JSON
+    has no tuples; jeepney wants one for each struct)."""
+    return {k: _from_plain(PROPERTY_SIGNATURES[k], v) for k, v in props.items()}
+
+
 def unit_path(unit: str) -> str:
     """The object path of a unit, escaped as systemd does (bus_label_escape)."""
     out = []

@@ -113,8 +113,8 @@ def _caps(value: str) -> list[str]:
 
 
 def _app_spec(segment: list[str]) -> Any:
-    from podmgr.pod import AppSpec
-    from podmgr.units import RestartPolicy
+    from podmgr.names import RestartPolicy
+    from podmgr.podspec import AppSpec
 
     if not segment:
         raise click.UsageError("'---' must be followed by an image")
@@ -260,9 +260,9 @@ _SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
 def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
+    from podmgr.names import ExitPolicy, NetMode
     from podmgr.network import Names, parse_nets, parse_port
-    from podmgr.pod import PodSpec
-    from podmgr.units import ExitPolicy, NetMode
+    from podmgr.podspec import PodSpec
 
     net_mode, networks = parse_nets(kw["net"])
     env: dict[str, str] = {}
@@ -329,17 +329,19 @@ def _emitter(multi: bool) -> Any:
 @click.pass_obj
 def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
     """Run a pod attached: stream its output, exit with its exit code."""
-    from podmgr import podctl
+    from podmgr import launch
 
     record = _prepare(ctx, kw)
     if interactive:
         from podmgr import enter
 
         if len(record.apps) != 1:
+            from podmgr import podctl
+
             podctl.remove(ctx.dir, record.uuid, bus=ctx.bus)
             raise click.UsageError("--interactive needs exactly one app")
         return enter.run_interactive(ctx.dir, record.uuid, bus=ctx.bus)
-    return podctl.run_attached(
+    return launch.run_attached(
         ctx.dir, record.uuid, bus=ctx.bus, emit=_emitter(len(record.apps) > 1)
     )
 
@@ -349,11 +351,11 @@ def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
 @click.pass_obj
 def start(ctx: Ctx, /, **kw: Any) -> None:
     """Start a pod detached; print its UUID once every app has started."""
-    from podmgr import pod
+    from podmgr import launch
 
     record = _prepare(ctx, kw)
     try:
-        pod.start(ctx.dir, record.uuid, bus=ctx.bus)
+        launch.start(ctx.dir, record.uuid, bus=ctx.bus)
     except BaseException:
         from podmgr import podctl
 
@@ -371,7 +373,7 @@ def prepare(ctx: Ctx, /, **kw: Any) -> None:
 
 
 def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
-    from podmgr import podstate
+    from podmgr import podlist
 
     if uuid_file is not None:
         try:
@@ -380,7 +382,7 @@ def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
             raise click.UsageError(f"--uuid-file {uuid_file}: {e.strerror}") from None
     if not ref:
         raise click.UsageError("give a pod UUID (or --uuid-file)")
-    return podstate.find(ctx.dir, ref)
+    return podlist.find(ctx.dir, ref)
 
 
 _uuid_file = click.option("--uuid-file", type=click.Path(path_type=Path, dir_okay=False))
@@ -393,15 +395,15 @@ _uuid_file = click.option("--uuid-file", type=click.Path(path_type=Path, dir_oka
 @click.pass_obj
 def run_prepared(ctx: Ctx, detach: bool, uuid_file: Path | None, uuid: str | None) -> int:
     """Run a prepared pod."""
-    from podmgr import pod, podctl, podstate
+    from podmgr import launch
 
     u = _uuid(ctx, uuid, uuid_file)
     if detach:
-        pod.start(ctx.dir, u, bus=ctx.bus)
+        launch.start(ctx.dir, u, bus=ctx.bus)
         click.echo(u)
         return 0
-    record = podstate.load(podstate.pod_dir(ctx.dir, u))
-    return podctl.run_attached(ctx.dir, u, bus=ctx.bus, emit=_emitter(len(record.apps) > 1))
+    apps = launch.load_record(ctx.dir / "pods" / u)["apps"]
+    return launch.run_attached(ctx.dir, u, bus=ctx.bus, emit=_emitter(len(apps) > 1))
 
 
 @click.command()
@@ -447,9 +449,9 @@ def status(
 @click.pass_obj
 def list_(ctx: Ctx, full: bool, no_legend: bool) -> None:
     """List pods and their states."""
-    from podmgr import podctl
+    from podmgr import podlist
 
-    emit(podctl.list_result(ctx.dir, bus=ctx.bus, full=full, legend=not no_legend))
+    emit(podlist.list_result(ctx.dir, bus=ctx.bus, full=full, legend=not no_legend))
 
 
 @click.command()
@@ -459,12 +461,12 @@ def list_(ctx: Ctx, full: bool, no_legend: bool) -> None:
 @click.pass_obj
 def stop(ctx: Ctx, force: bool, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
     """Stop running pods."""
-    from podmgr import podctl
+    from podmgr import launch
 
     refs = list(uuids) or [_uuid(ctx, None, uuid_file)]
     for r in refs:
         u = _uuid(ctx, r, None)
-        podctl.stop(ctx.dir, u, force=force, bus=ctx.bus)
+        launch.stop(ctx.dir, u, force=force, bus=ctx.bus)
         click.echo(u)
 
 

@@ -89,3 +89,34 @@ def test_cli_version_without_systemd_says_so(tmp_path: object) -> None:
     assert p.returncode == 0
     assert "appc spec 0.8.11" in p.stdout
     assert "systemd not reachable" in p.stdout
+
+
+def _sample(sig: str, n: int = 0) -> object:
+    """A value of D-Bus type ``sig`` as podmgr builds them (tuples for structs)."""
+    if sig == "ay":
+        return b"K=v\xff"
+    if sig.startswith("a"):
+        return [_sample(sig[1:], n + i) for i in range(2)]
+    if sig.startswith("("):
+        return tuple(_sample(f, n) for f in systemd._split_signature(sig[1:-1]))
+    return {"s": f"s{n}", "b": n % 2 == 0, "t": 2**64 - 1 - n, "u": n, "i": -n, "h": n}[sig]
+
+
+@pytest.mark.parametrize("name", sorted(systemd.PROPERTY_SIGNATURES))
+def test_properties_survive_a_json_round_trip(name: str) -> None:
+    # plan.json stores the start batch as JSON; from_plain must give back what jeepney
+    # takes, for every property podmgr knows.
+    import json
+
+    sig = systemd.PROPERTY_SIGNATURES[name]
+    value = _sample(sig)
+    plain = json.loads(json.dumps({name: value}, default=systemd.to_plain))[name]
+    back = systemd.from_plain({name: plain})
+    assert back == {name: value}
+    systemd.encode_properties(back)
+
+
+def test_split_signature() -> None:
+    assert systemd._split_signature("sasb") == ["s", "as", "b"]
+    assert systemd._split_signature("ssba(ss)") == ["s", "s", "b", "a(ss)"]
+    assert systemd._split_signature("a{sv}(ii)t") == ["a{sv}", "(ii)", "t"]

@@ -1,0 +1,362 @@
+"""Starting a prepared pod and waiting for it: the start-up path, on plain JSON.
+
+``prepare`` (:mod:`podmgr.pod`) resolves everything about a pod and writes, beside
+``pod.json``, ``plan.json``: the ``StartTransientUnit`` calls that start it (unit names,
+property mappings, auxiliary units) and the pod's sysctls. :func:`start` replays that plan;
+:func:`wait` and :func:`run_attached` follow the pod to its end. None of this imports
+pydantic or the manifest models: their import and set-up cost 250-350 ms, several times
+what systemd needs to start a pod (``bench/pod_start``). ``pod.json`` and the apps'
+``exit.json`` are read here as plain JSON, with the same version rule as
+:func:`podmgr.podstate.load`.
+
+A pod prepared by a podmgr whose plan format differs (or without ``plan.json``) is
+planned again from its manifest by :func:`podmgr.pod.unit_batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from podmgr import __version__, names, sdnotify
+from podmgr.errors import (
+    ConflictError,
+    Interrupted,
+    InvalidError,
+    NotFoundError,
+    PodmgrError,
+    SystemdError,
+    UsageError,
+    require_root,
+)
+from podmgr.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+#: plan.json's format; a different one is planned again (see the module doc).
+PLAN_VERSION = 1
+#: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
+POD_RECORD_VERSION = 1
+
+#: (unit name, properties, [(auxiliary unit name, properties), …]) per StartTransientUnit.
+Batch = list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]]
+
+
+# ---- the plan ---------------------------------------------------------------------------
+
+
+def write_plan(pdir: Path, batch: Batch, sysctls: Mapping[str, str]) -> None:
+    """Write ``plan.json`` (at prepare time, with the pod's final paths in ``batch``)."""
+    doc = {
+        "version": PLAN_VERSION,
+        "podmgr": __version__,
+        "sysctls": dict(sysctls),
+        "units": [[n, p, [[an, ap] for an, ap in aux]] for n, p, aux in batch],
+    }
+    from podmgr.systemd import to_plain
+
+    atomic_write(pdir / "plan.json", json.dumps(doc, separators=(",", ":"), default=to_plain))
+
+
+def load_plan(pdir: Path) -> tuple[Batch, dict[str, str]] | None:
+    """The pod's start plan, or None if it has none this podmgr can replay."""
+    from podmgr.systemd import from_plain
+
+    try:
+        doc = json.loads((pdir / "plan.json").read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        log.warning("pod %s: plan.json is corrupt (%s); planning again", pdir.name, e)
+        return None
+    if doc.get("version") != PLAN_VERSION or doc.get("podmgr") != __version__:
+        return None
+    batch: Batch = [
+        (n, from_plain(p), [(an, from_plain(ap)) for an, ap in aux]) for n, p, aux in doc["units"]
+    ]
+    return batch, dict(doc.get("sysctls", {}))
+
+
+# ---- records ----------------------------------------------------------------------------
+
+
+def load_record(pdir: Path) -> dict[str, Any]:
+    """``pod.json`` as a dict (see :class:`podmgr.podstate.PodRecord` for its fields)."""
+    try:
+        data: dict[str, Any] = json.loads((pdir / "pod.json").read_bytes())
+    except FileNotFoundError:
+        raise NotFoundError(f"pod {pdir.name} not found") from None
+    except ValueError as e:
+        raise InvalidError(f"pod {pdir.name}: pod.json is corrupt: {e}") from None
+    if data.get("version", 0) > POD_RECORD_VERSION:
+        raise InvalidError(
+            f"pod record version {data['version']} is newer than this podmgr understands",
+            hint="upgrade podmgr",
+        )
+    return data
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _now() -> str:
+    # The form pydantic writes for PodRecord's datetimes.
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def app_exit(pdir: Path, app: str) -> dict[str, Any] | None:
+    """The app's ``exit.json`` (:class:`podmgr.podstate.AppExit`), or None."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        data = json.loads((pdir / "apps" / app / "exit.json").read_bytes())
+        if isinstance(data, dict) and "result" in data and "time" in data:
+            return data
+    return None
+
+
+def exit_status(result: str, status: int | None) -> int:
+    """An app's exit code from its recorded result and status."""
+    # "success" covers an app that the pod's own stop ended with SIGTERM: not a failure.
+    if result == "success":
+        return 0
+    return status if status is not None and status != 0 else 1
+
+
+def pod_exit_code(pdir: Path, apps: Sequence[str]) -> int | None:
+    """The first failing app's exit status, 0 if none failed, None if none exited."""
+    exits = [e for a in apps if (e := app_exit(pdir, a)) is not None]
+    if not exits:
+        return None
+    failed = sorted(
+        (e for e in exits if exit_status(e["result"], e.get("status")) != 0),
+        key=lambda e: datetime.fromisoformat(e["time"]),
+    )
+    return exit_status(failed[0]["result"], failed[0].get("status")) if failed else 0
+
+
+# ---- start ------------------------------------------------------------------------------
+
+
+def start(
+    state: Path, uuid: str, *, bus: str | None = None, stdio: Sequence[int] | None = None
+) -> None:
+    """Start a prepared pod's units; returns once every app's start job is done.
+
+    ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
+    instead of the journal (``run --interactive``)."""
+    from podmgr import network, systemd, userdb
+
+    require_root("starting a pod")
+    pdir = state / "pods" / uuid
+    record = load_record(pdir)
+    if record.get("started") is not None:
+        raise ConflictError(f"pod {uuid} has been started already", hint="prepare a new pod")
+    apps = record["apps"]
+    planned = load_plan(pdir)
+    if planned is None:
+        from podmgr import pod
+
+        planned = pod.replan(state, uuid)
+    batch, sysctls = planned
+    if stdio is not None:
+        from podmgr.enter import with_stdio
+
+        if len(apps) != 1:
+            raise UsageError("only a pod of one app can have the caller's terminal")
+        batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
+    userdb.ensure(
+        [a["uid"] for a in apps],
+        [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
+    )
+    record["started"] = _now()
+    record["boot_id"] = boot_id()
+    atomic_write(pdir / "pod.json", json.dumps(record, indent=1))
+    try:
+        network.setup(
+            pdir,
+            uuid,
+            record.get("net", "host"),
+            record.get("networks", ()),
+            ports=[network.PortMapping(*p) for p in record.get("ports", ())],
+            sysctls=sysctls,
+        )
+        with systemd.connect(bus) as sd:
+            try:
+                sd.start_transient_units(batch)
+            except PodmgrError:
+                teardown_units(sd, uuid, [a["rootfs_unit"] for a in apps])
+                raise
+            _register_machine(sd, uuid, apps)
+    except BaseException:
+        # Whatever got attached goes, also when the net unit's ExecStop did it already.
+        try:
+            network.teardown(pdir, uuid)
+        except PodmgrError as e:
+            log.warning("%s", e.message)
+        raise
+
+
+def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The app registered with machined as the pod's leader process.
+
+    machined stops a machine's unit when its leader process dies, so an app that systemd
+    restarts cannot lead: the first app without --restart does; a pod whose apps all
+    restart is not registered.
+    """
+    return next((a for a in apps if a.get("restart", "no") == names.RestartPolicy.NO), None)
+
+
+def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
+    from podmgr.systemd import BusError
+
+    lead = leader(apps)
+    if lead is None:
+        log.info("pod %s: every app restarts; not registered with machined", uuid)
+        return
+    try:
+        pid = int(sd.unit_status(lead["unit"]).get("MainPID") or 0)
+        if pid:
+            sd.register_machine(
+                names.machine_name(uuid), names.pod_hex(uuid), pid, lead["rootfs"], service="podmgr"
+            )
+    except BusError as e:
+        # machined is optional (systemd-container); the pod runs without it.
+        log.info("pod %s not registered with machined: %s", uuid, e)
+
+
+def teardown_units(
+    sd: Any, uuid: str, mount_units: Sequence[str], services: Sequence[str] = ()
+) -> None:
+    """Stop a pod's slice and mounts (so its apps too) and reset what failed."""
+    from podmgr.systemd import BusError
+
+    units = [names.pod_slice(uuid), *mount_units]
+    for name in units:
+        with contextlib.suppress(BusError):
+            sd.stop_unit(name)
+    for name in [*units, *services]:
+        with contextlib.suppress(BusError):
+            sd.reset_failed_unit(name)
+
+
+# ---- wait and run attached ----------------------------------------------------------------
+
+
+def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | None = None) -> int:
+    """Block until every app of the pod has ended; return the pod's exit code."""
+    from podmgr import systemd
+
+    pdir = state / "pods" / uuid
+    apps = load_record(pdir)["apps"]
+    with systemd.connect(bus) as sd:
+        for a in apps:
+            sd.wait_for_state(a["unit"], timeout=timeout)
+        _await_exit_records(pdir, uuid, [a["name"] for a in apps], timeout=30.0)
+        # The slice outlives its apps only until the last exit hook stops it; should a
+        # hook have failed, the apps are gone anyway, so finish the pod here.
+        slice_unit = names.pod_slice(uuid)
+        with contextlib.suppress(systemd.BusError):
+            try:
+                sd.wait_for_state(slice_unit, timeout=30.0 if timeout is None else timeout)
+            except SystemdError:
+                log.warning("pod %s: the exit hook did not stop the pod; stopping it", uuid)
+                sd.stop_unit(slice_unit)
+    code = pod_exit_code(pdir, [a["name"] for a in apps])
+    return 0 if code is None else code
+
+
+def _await_exit_records(pdir: Path, uuid: str, apps: Sequence[str], timeout: float) -> None:
+    """The exit hooks run right after their apps end; give them a moment to record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(app_exit(pdir, a) is not None for a in apps):
+            return
+        time.sleep(0.005)
+    log.warning("pod %s: no exit status recorded for some apps", uuid)
+
+
+def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> None:
+    """Stop a started pod: SIGTERM (SIGKILL with ``force``) through its slice."""
+    import signal
+
+    from podmgr import systemd
+
+    require_root("stopping a pod")
+    if load_record(state / "pods" / uuid).get("started") is None:
+        raise ConflictError(f"pod {uuid} has not been started", hint=f"podmgr rm {uuid}")
+    with systemd.connect(bus) as sd:
+        slice_unit = names.pod_slice(uuid)
+        if force:
+            with contextlib.suppress(systemd.BusError):
+                sd.kill_unit(slice_unit, int(signal.SIGKILL))
+        with contextlib.suppress(systemd.NoSuchUnitError):
+            sd.stop_unit(slice_unit)
+
+
+def run_attached(
+    state: Path,
+    uuid: str,
+    *,
+    bus: str | None = None,
+    emit: Callable[[Any], None],
+    follow_logs: bool = True,
+) -> int:
+    """Start a prepared pod, stream its apps' output, and return its exit code.
+
+    Ctrl-C or SIGTERM stops the pod (then returns 130)."""
+    from podmgr import journal
+
+    # Follow from a point in time, not from the journal's tail: journalctl -f that starts
+    # at the tail misses entries written while it sets up.
+    since = f"@{int(time.time()) - 1}"
+    follower = journal.Follower(uuid, since=since, all_lines=True) if follow_logs else None
+    thread = None
+    if follower is not None:
+        f = follower
+
+        def pump() -> None:
+            for e in f:
+                emit(e)
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+    interrupted = False
+    try:
+        start(state, uuid, bus=bus)
+        # Under systemd (a podmgr-generator unit, Type=notify): every app's start job
+        # is done.
+        sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
+        code = wait(state, uuid, bus=bus)
+        sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        sdnotify.notify(f"STOPPING=1\nSTATUS=stopping pod {uuid}")
+        with contextlib.suppress(Exception):
+            stop(state, uuid, bus=bus)
+        code = 130
+    finally:
+        if follower is not None:
+            journal.sync()
+            follower.close()
+            if thread is not None:
+                thread.join(timeout=5)
+            with contextlib.suppress(Exception):
+                for e in (
+                    journal.read(uuid, after_cursor=follower.cursor)
+                    if follower.cursor
+                    else (journal.read(uuid))
+                ):
+                    emit(e)
+    if interrupted:
+        raise Interrupted("interrupted; the pod was stopped")
+    return code

@@ -1,0 +1,229 @@
+"""Pod states and ``podmgr list``, from pod records read as plain JSON.
+
+``list`` reads every pod's ``pod.json`` and asks systemd once which app units are
+running. It does not import pydantic (:mod:`podmgr.podstate`): the records are ours,
+written atomically and validated when written, and pydantic's import and model set-up
+cost more than reading a thousand records (``bench/pod_start``). A record that is not
+JSON, or is of a version newer than this podmgr knows, is skipped with a warning, as
+``podstate.load`` would refuse it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from podmgr import names
+from podmgr.errors import NotFoundError, SystemdError, UsageError
+from podmgr.hook import RUNNING_STATES
+
+log = logging.getLogger(__name__)
+
+#: The newest pod.json version this podmgr reads (``podstate.POD_RECORD_VERSION``).
+POD_RECORD_VERSION = 1
+
+
+class PodState(enum.StrEnum):
+    PREPARED = "prepared"
+    RUNNING = "running"
+    EXITED = "exited"
+    GARBAGE = "garbage"
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def derive_state(
+    *,
+    garbage: object,
+    started: object,
+    boot: str | None,
+    units: Iterable[str],
+    active: Mapping[str, str],
+    current_boot: str | None = None,
+) -> PodState:
+    """A pod's state from its record's fields and the ActiveState of podmgr's units."""
+    if garbage is not None:
+        return PodState.GARBAGE
+    if started is None:
+        return PodState.PREPARED
+    # Pods that ran before a reboot are exited, whatever systemd says now.
+    if boot and boot != (boot_id() if current_boot is None else current_boot):
+        return PodState.EXITED
+    if any(active.get(u) in RUNNING_STATES for u in units):
+        return PodState.RUNNING
+    return PodState.EXITED
+
+
+@dataclass(frozen=True)
+class PodListEntry:
+    uuid: str
+    apps: list[str]
+    images: list[str]
+    state: PodState
+    created: datetime
+    started: datetime | None
+
+
+@dataclass(frozen=True)
+class PodList:
+    kind: ClassVar[str] = "PodList"
+    pods: list[PodListEntry]
+    full: bool = False
+    legend: bool = True
+
+    def text(self) -> str:
+        rows = []
+        if self.legend:
+            rows.append(("UUID", "APPS", "IMAGES", "STATE", "CREATED", "STARTED"))
+        for p in self.pods:
+            rows.append(
+                (
+                    p.uuid if self.full else p.uuid[:8],
+                    ",".join(p.apps),
+                    ",".join(p.images),
+                    p.state.value,
+                    f"{p.created:%Y-%m-%d %H:%M:%S}",
+                    f"{p.started:%Y-%m-%d %H:%M:%S}" if p.started else "-",
+                )
+            )
+        if not rows:
+            return ""
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        )
+
+    def data(self) -> Any:
+        return [
+            {
+                "uuid": p.uuid,
+                "apps": p.apps,
+                "images": p.images,
+                "state": p.state.value,
+                "created": p.created.isoformat(),
+                "started": p.started.isoformat() if p.started else None,
+            }
+            for p in self.pods
+        ]
+
+
+def _time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    uuid: str
+    apps: list[str]
+    images: list[str]
+    units: list[str]
+    created: datetime
+    started: datetime | None
+    garbage: datetime | None
+    boot: str | None
+
+
+def _summary(pods: Path, name: str) -> _Summary | None:
+    try:
+        data = json.loads((pods / name / "pod.json").read_bytes())
+        if data.get("version", 0) > POD_RECORD_VERSION:
+            raise ValueError(f"version {data['version']} is newer than this podmgr reads")
+        apps = data["apps"]
+        return _Summary(
+            uuid=data["uuid"],
+            apps=[a["name"] for a in apps],
+            images=[a["image_name"] for a in apps],
+            units=[a["unit"] for a in apps],
+            created=datetime.fromisoformat(data["created"]),
+            started=_time(data.get("started")),
+            garbage=_time(data.get("garbage")),
+            boot=data.get("boot_id"),
+        )
+    except FileNotFoundError:
+        return None  # removed while we listed
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("pod %s: skipped, its pod.json cannot be read: %s", name, e)
+        return None
+
+
+def _active_units(bus: str | None) -> dict[str, str]:
+    from podmgr import systemd
+
+    try:
+        with systemd.connect(bus) as sd:
+            units = sd.list_units([f"{names.UNIT_PREFIX}*.service"])
+    except SystemdError as e:
+        log.warning("systemd is not reachable: %s", e)
+        return {}
+    return {u.name: u.active_state for u in units}
+
+
+def list_result(
+    state: Path, *, bus: str | None = None, full: bool = False, legend: bool = True
+) -> PodList:
+    """Every pod with its derived state, with one bus call in all."""
+    pods = state / "pods"
+    dirnames = all_uuids(state)
+    summaries = [s for n in dirnames if (s := _summary(pods, n)) is not None]
+    active = _active_units(bus) if any(s.started for s in summaries) else {}
+    current = boot_id()
+    return PodList(
+        [
+            PodListEntry(
+                s.uuid,
+                s.apps,
+                s.images,
+                derive_state(
+                    garbage=s.garbage,
+                    started=s.started,
+                    boot=s.boot,
+                    units=s.units,
+                    active=active,
+                    current_boot=current,
+                ),
+                s.created,
+                s.started,
+            )
+            for s in summaries
+        ],
+        full=full,
+        legend=legend,
+    )
+
+
+def all_uuids(state: Path) -> list[str]:
+    d = state / "pods"
+    try:
+        return sorted(n for n in os.listdir(d) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def find(state: Path, ref: str) -> str:
+    """A pod UUID from a full UUID or a unique prefix."""
+    ref = ref.strip().lower()
+    if not ref:
+        raise UsageError("empty pod UUID")
+    uuids = all_uuids(state)
+    if ref in uuids:
+        return ref
+    matches = [u for u in uuids if u.startswith(ref) or u.replace("-", "").startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFoundError(f"no pod matches {ref!r}", hint="podmgr list shows the pods")
+    raise UsageError(
+        f"{ref!r} matches {len(matches)} pods", hint="give more characters of the UUID"
+    )
