@@ -217,14 +217,14 @@ def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
-    from podmgr.systemd import BusError
+    from podmgr.systemd import SERVICE_IFACE, BusError, unit_path
 
     lead = leader(apps)
     if lead is None:
         log.info("pod %s: every app restarts; not registered with machined", uuid)
         return
     try:
-        pid = int(sd.unit_status(lead["unit"]).get("MainPID") or 0)
+        pid = int(sd.get_property(unit_path(lead["unit"]), SERVICE_IFACE, "MainPID") or 0)
         if pid:
             sd.register_machine(
                 names.machine_name(uuid), names.pod_hex(uuid), pid, lead["rootfs"], service="podmgr"

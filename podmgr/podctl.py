@@ -348,9 +348,10 @@ def gc(
                 age = now.timestamp() - d.stat().st_mtime
                 if d.name.startswith(".rm-") or age > 3600:
                     shutil.rmtree(d, ignore_errors=True)
-    from podmgr import metadata
+    from podmgr import metadata, podtemplate
 
     metadata.sweep(state)
+    podtemplate.sweep(state)
     return GcResult(removed, marked)
 
 

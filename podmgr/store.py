@@ -689,13 +689,16 @@ class Store:
         visit(image_id, 0)
         return list(out)
 
-    def pin(self, pod_uuid: str, image_ids: Iterable[str]) -> None:
+    def pin(self, pod_uuid: str, image_ids: Iterable[str], *, dependencies: bool = True) -> None:
         """Keep ``image_ids``, their dependencies and trees for the pod ``pod_uuid``.
 
+        ``dependencies=False`` pins just ``image_ids`` (the caller knows they have none;
+        working out the closure reads the manifests).
         Raises NotFoundError if an image is not (or no longer) in the store.
         """
         for image_id in image_ids:
-            for iid in self.dependency_closure(image_id) if self.has(image_id) else [image_id]:
+            closure = dependencies and self.has(image_id)
+            for iid in self.dependency_closure(image_id) if closure else [image_id]:
                 with self._locked(f"image-{iid}", shared=True):
                     if not self.has(iid):
                         raise NotFoundError(

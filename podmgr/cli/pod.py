@@ -304,9 +304,9 @@ def _fetch_options(kw: dict[str, Any]) -> Any:
 
 
 def _prepare(ctx: Ctx, kw: dict[str, Any]) -> Any:
-    from podmgr import pod
+    from podmgr import podtemplate
 
-    record = pod.prepare(ctx.dir, _pod_spec(ctx, kw))
+    record = podtemplate.prepare(ctx.dir, _pod_spec(ctx, kw))
     if kw["uuid_file_save"]:
         from podmgr.fsutil import atomic_write
 

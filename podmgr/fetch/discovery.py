@@ -39,9 +39,12 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import TYPE_CHECKING
 
 from podmgr.errors import NetworkError, NotFoundError, UsageError
-from podmgr.fetch.http import FetchOptions, HTTPStatusError, get
+
+if TYPE_CHECKING:
+    from podmgr.fetch.http import FetchOptions
 
 #: AC Identifier (types.md), used for image names and label names.
 AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
@@ -207,6 +210,10 @@ def _prefixes(name: str) -> list[str]:
 
 
 def _fetch_page(prefix: str, options: FetchOptions) -> str:
+    # http (ssl, http.client) is imported when discovery goes to the network, not when a
+    # stored image's name is only parsed.
+    from podmgr.fetch.http import HTTPStatusError, get
+
     """The discovery page for ``prefix``; raises NetworkError."""
     url = f"https://{prefix}?ac-discovery=1"
     try:
@@ -243,6 +250,8 @@ class _Walk:
 
 
 def _walk(name: str, options: FetchOptions, want: str) -> _Walk:
+    from podmgr.fetch.http import HTTPStatusError
+
     """Visit discovery pages from ``name`` upwards until one has a matching ``want`` tag."""
     walk = _Walk()
     for prefix in _prefixes(name):
@@ -275,6 +284,8 @@ def discover(app: AppString, options: FetchOptions | None = None) -> Endpoints:
     Raises NotFoundError when the pages have no usable template, NetworkError when no
     page could be fetched.
     """
+    from podmgr.fetch.http import FetchOptions
+
     options = options or FetchOptions()
     walk = _walk(app.name, options, "ac-discovery")
     acis: list[str] = []
@@ -300,6 +311,8 @@ def discover(app: AppString, options: FetchOptions | None = None) -> Endpoints:
 
 def discover_pubkeys(name: str, options: FetchOptions | None = None) -> list[str]:
     """The ``ac-discovery-pubkeys`` URLs for ``name`` (walking up like ``discover``)."""
+    from podmgr.fetch.http import FetchOptions
+
     options = options or FetchOptions()
     walk = _walk(name, options, "ac-discovery-pubkeys")
     if not walk.found:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from podmgr.errors import InvalidError, NotFoundError
@@ -40,7 +39,10 @@ def local_path(ref: str) -> Path:
             raise InvalidError(f"unsupported file URL {ref}: host {parts.netloc!r} is not local")
         if parts.query or parts.fragment:
             raise InvalidError(f"unsupported file URL {ref}: query or fragment not allowed")
-        path = Path(urllib.request.url2pathname(parts.path))
+        # urllib.request pulls in http.client and ssl: only for file:// URLs.
+        from urllib.request import url2pathname
+
+        path = Path(url2pathname(parts.path))
     else:
         path = Path(ref).expanduser()
     if not path.exists():

@@ -1,0 +1,337 @@
+"""Pod templates: a prepared pod kept per (options, images) and cloned for the next one.
+
+Preparing a pod the full way (:func:`podmgr.pod.prepare`) parses the image manifests and
+builds the reified pod manifest with the pydantic models, whose import and set-up alone
+cost 250-350 ms, several times what systemd needs to start a pod (``bench/pod_start``).
+But for the same options and the same images, prepare's result differs between two pods
+only in the pod's identity: its UUID (and the names podmgr derives from it: unit names,
+the machine and host name, paths) and its metadata token, plus its creation time.
+
+So after a full prepare, a copy of the fresh pod directory is kept as a template in
+``pods/.templates/<key>/``, where ``key`` hashes every option of the pod spec, the image
+IDs the references resolved to, podmgr's version and interpreter, and the environment
+prepare reads (all of it with ``--inherit-env``). The next prepare with the same key
+resolves its image references in the store, copies the template (modes and owners
+kept) while replacing the template pod's identity by a new one in every file, re-checks
+what depends on the host (host volume sources), pins the images and registers the new
+token. Nothing of the models is imported on that path.
+
+Templates are made only when it is safe to reuse them:
+
+- every image is in the store and has no dependencies (the rendered tree is then a
+  function of the image ID alone), and the references name stored images (an ID or an
+  app string; with ``--pull-policy=update`` or a file or URL the full path runs);
+- no ``--pod-manifest`` (its references resolve through the models);
+- the pod directory holds only directories, regular files and symbolic links.
+
+A template whose images or trees are gone is dropped on use. At most :data:`KEEP` are
+kept (least recently used go). ``PODMGR_TEMPLATES=0`` turns templates off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import sys
+import uuid as uuidlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from podmgr import __version__, names
+from podmgr.errors import PodmgrError, require_root
+from podmgr.podspec import PodSpec
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_VERSION = 1
+#: Templates kept per state directory.
+KEEP = 16
+#: Environment variables whose values prepare reads (besides --inherit-env's).
+_ENV_READ = ("PODMGR_METADATA_URL",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A prepared pod: its UUID and its apps' names."""
+
+    uuid: str
+    apps: list[str]
+
+
+def enabled() -> bool:
+    return os.environ.get("PODMGR_TEMPLATES", "1") != "0"
+
+
+def templates_dir(state: Path) -> Path:
+    return state / "pods" / ".templates"
+
+
+def prepare(state: Path, spec: PodSpec) -> Prepared:
+    """Prepare a pod: from a template when one fits, else the full way (and keep one)."""
+    require_root("preparing a pod")
+    key = ids = None
+    if enabled() and spec.pod_manifest is None:
+        ids = _resolve(state, spec)
+        if ids is not None:
+            key = _key(spec, ids)
+            hit = _clone(state, key)
+            if hit is not None:
+                return hit
+    from podmgr import pod
+
+    record = pod.prepare(state, spec)
+    if key is not None and [a.image_id for a in record.apps] == ids:
+        try:
+            _save(state, key, record)
+        except (OSError, PodmgrError) as e:
+            log.debug("pod %s not kept as a template: %s", record.uuid, e)
+    return Prepared(record.uuid, [a.name for a in record.apps])
+
+
+# ---- keys ---------------------------------------------------------------------------------
+
+
+def _resolve(state: Path, spec: PodSpec) -> list[str] | None:
+    """The stored image IDs the spec's references name, or None to take the full path."""
+    from podmgr.fetch import ref_kind
+    from podmgr.imagefetch import PullPolicy
+    from podmgr.store import Store
+
+    policy = getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW)
+    if policy is PullPolicy.UPDATE or not spec.apps:
+        return None
+    ids = []
+    try:
+        store = Store.open(state)
+        for a in spec.apps:
+            if a.image.lower().startswith("sha512-"):
+                ids.append(store.resolve(a.image))
+            elif ref_kind(a.image) == "name":
+                from podmgr.fetch.discovery import parse_app_string
+
+                app = parse_app_string(a.image)
+                found = store.find(app.name, {k: app.labels[k] for k in app.explicit})
+                if not found:
+                    return None
+                ids.append(found[0])
+            else:
+                return None
+    except PodmgrError:
+        return None  # the full path reports it
+    return ids
+
+
+def _key(spec: PodSpec, ids: Sequence[str]) -> str:
+    doc = {
+        "template": TEMPLATE_VERSION,
+        "podmgr": __version__,
+        "python": sys.executable,
+        "spec": dataclasses.asdict(dataclasses.replace(spec, fetch_options=None)),
+        "ids": list(ids),
+        "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},
+    }
+    raw = json.dumps(doc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+# ---- identity -----------------------------------------------------------------------------
+
+
+def _identity(uuid: str, token: str) -> list[bytes]:
+    """Every spelling of a pod's identity that prepare writes, longest first."""
+    forms = {
+        uuid,
+        names.pod_hex(uuid),
+        uuid.replace("-", "\\x2d"),  # systemd-escaped, in mount unit names
+        uuid.replace("-", "\\\\x2d"),  # the same inside JSON
+        token,
+    }
+    return sorted((f.encode() for f in forms), key=len, reverse=True)
+
+
+def _rewrite(data: bytes, old: Sequence[bytes], new: Sequence[bytes]) -> bytes:
+    for o, n in zip(old, new, strict=True):
+        data = data.replace(o, n)
+    return data
+
+
+class _NotCopyable(Exception):
+    pass
+
+
+def _copy(src: Path, dst: Path, old: Sequence[bytes], new: Sequence[bytes]) -> None:
+    """Copy a pod directory (mode and owner kept), rewriting its identity in every file."""
+    os.mkdir(dst, 0o700)
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        for name in dirs + files:
+            s, d = Path(root) / name, dst / rel / name
+            st = os.lstat(s)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(d)
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_rewrite(s.read_bytes(), old, new))
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(_rewrite(os.fsencode(os.readlink(s)), old, new), d)
+            else:
+                raise _NotCopyable(f"{s} is neither a directory, a file nor a symbolic link")
+            os.lchown(d, st.st_uid, st.st_gid)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(d, stat.S_IMODE(st.st_mode))
+    st = os.lstat(src)
+    os.lchown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+# ---- save and clone -----------------------------------------------------------------------
+
+
+def _save(state: Path, key: str, record: Any) -> None:
+    from podmgr.store import Store
+
+    store = Store.open(state)
+    ids = [a.image_id for a in record.apps]
+    if any(store.dependency_closure(i) != [i] for i in ids):
+        return
+    manifest = json.loads((state / "pods" / record.uuid / "manifest").read_bytes())
+    host_sources = [v["source"] for v in manifest.get("volumes", []) if v.get("kind") == "host"]
+    tdir = templates_dir(state)
+    tdir.mkdir(mode=0o700, exist_ok=True)
+    tmp = tdir / f".tmp-{secrets.token_hex(8)}"
+    try:
+        identity = _identity(record.uuid, record.metadata_token)
+        _copy(state / "pods" / record.uuid, tmp, identity, identity)
+        meta = {
+            "version": TEMPLATE_VERSION,
+            "podmgr": __version__,
+            "uuid": record.uuid,
+            "token": record.metadata_token,
+            "ids": ids,
+            "apps": [a.name for a in record.apps],
+            "lowers": [p for a in record.apps for p in a.lower],
+            "host_sources": host_sources,
+        }
+        (tmp / "template.json").write_text(json.dumps(meta))
+        final = tdir / key
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except _NotCopyable as e:
+        log.debug("pod %s not kept as a template: %s", record.uuid, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _evict(tdir)
+
+
+def _evict(tdir: Path) -> None:
+    kept = sorted(
+        (d for d in tdir.iterdir() if not d.name.startswith(".")),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for d in kept[KEEP:]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def sweep(state: Path) -> list[str]:
+    """Drop the templates whose images' trees are gone (``podmgr gc``)."""
+    dropped = []
+    with contextlib.suppress(FileNotFoundError):
+        for d in templates_dir(state).iterdir():
+            if d.name.startswith("."):
+                continue  # being saved
+            try:
+                meta = json.loads((d / "template.json").read_bytes())
+                ok = all(Path(p).is_dir() for p in meta["lowers"])
+            except (OSError, ValueError, KeyError):
+                ok = False
+            if not ok:
+                shutil.rmtree(d, ignore_errors=True)
+                dropped.append(d.name)
+    return dropped
+
+
+def _drop(tdir: Path, why: str) -> None:
+    log.debug("template %s dropped: %s", tdir.name, why)
+    shutil.rmtree(tdir, ignore_errors=True)
+
+
+def _clone(state: Path, key: str) -> Prepared | None:
+    from podmgr import metadata, rootfs
+    from podmgr.store import Store
+
+    tdir = templates_dir(state) / key
+    try:
+        meta = json.loads((tdir / "template.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != TEMPLATE_VERSION or meta.get("podmgr") != __version__:
+        _drop(tdir, "made by another podmgr")
+        return None
+    if not all(Path(p).is_dir() for p in meta["lowers"]):
+        _drop(tdir, "an image's tree is gone")
+        return None
+    for source in meta["host_sources"]:
+        rootfs.check_host_source(source)  # the error the full path would give
+    uuid = str(uuidlib.uuid4())
+    token = secrets.token_urlsafe(24)
+    pods = state / "pods"
+    tmp = pods / f".prep-{uuid}"
+    store = None
+    registered = False
+    try:
+        _copy(
+            tdir,
+            tmp,
+            _identity(meta["uuid"], meta["token"]),
+            _identity_like(meta["uuid"], meta["token"], uuid, token),
+        )
+        (tmp / "template.json").unlink()
+        record = json.loads((tmp / "pod.json").read_bytes())
+        record["created"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        from podmgr.fsutil import atomic_write
+
+        atomic_write(tmp / "pod.json", json.dumps(record, indent=1))
+        store = Store.open(state)
+        store.pin(uuid, meta["ids"], dependencies=False)
+        metadata.register(state, uuid, token)
+        registered = True
+        os.rename(tmp, pods / uuid)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if registered:
+            metadata.unregister(state, token)
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.unpin(uuid)
+        if isinstance(e, (OSError, PodmgrError, _NotCopyable, KeyError, ValueError)):
+            _drop(tdir, str(e))
+            return None
+        raise
+    with contextlib.suppress(OSError):
+        os.utime(tdir)  # recently used
+    log.debug("pod %s prepared from template %s", uuid, key)
+    return Prepared(uuid, list(meta["apps"]))
+
+
+def _identity_like(old_uuid: str, old_token: str, uuid: str, token: str) -> list[bytes]:
+    """The new identity's spellings, in the order :func:`_identity` gives the old one's."""
+    pairs = {
+        old_uuid: uuid,
+        names.pod_hex(old_uuid): names.pod_hex(uuid),
+        old_uuid.replace("-", "\\x2d"): uuid.replace("-", "\\x2d"),
+        old_uuid.replace("-", "\\\\x2d"): uuid.replace("-", "\\\\x2d"),
+        old_token: token,
+    }
+    return [pairs[o.decode()].encode() for o in _identity(old_uuid, old_token)]

@@ -1,0 +1,79 @@
+"""Pod templates: identity rewriting and keys (the clone itself is tested in the box)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from podmgr import names, podtemplate
+from podmgr.podspec import AppSpec, PodSpec
+
+OLD = "0f1e2d3c-4b5a-4697-8877-665544332211"
+NEW = "a1b2c3d4-e5f6-4789-8abc-def012345678"
+T_OLD = "oldtoken_oldtoken_oldtoken_0123"
+T_NEW = "newtoken-newtoken-newtoken-4567"
+
+
+def test_every_spelling_of_the_identity_is_rewritten() -> None:
+    escaped = OLD.replace("-", "\\x2d")
+    text = json.dumps(
+        {
+            "uuid": OLD,
+            "unit": names.app_service(OLD, "web"),
+            "mount": f"tmp-pods-{escaped}-apps-web-rootfs.mount",
+            "env": [f"AC_METADATA_URL=http://127.0.0.1:18112/{T_OLD}", f"PODMGR_POD={OLD}"],
+            "hostname": names.machine_name(OLD),
+        }
+    ).encode()
+    out = podtemplate._rewrite(
+        text,
+        podtemplate._identity(OLD, T_OLD),
+        podtemplate._identity_like(OLD, T_OLD, NEW, T_NEW),
+    )
+    for form in (OLD, names.pod_hex(OLD), T_OLD, "0f1e2d3c"):
+        assert form.encode() not in out
+    doc = json.loads(out)
+    assert doc["uuid"] == NEW
+    assert doc["unit"] == names.app_service(NEW, "web")
+    assert doc["mount"] == f"tmp-pods-{NEW.replace('-', chr(92) + 'x2d')}-apps-web-rootfs.mount"
+    assert doc["env"] == [f"AC_METADATA_URL=http://127.0.0.1:18112/{T_NEW}", f"PODMGR_POD={NEW}"]
+    assert doc["hostname"] == names.machine_name(NEW)
+
+
+SPEC = PodSpec(apps=[AppSpec(image="example.com/app", environment={"A": "1"})])
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dataclasses.replace(SPEC, environment={"B": "2"}),
+        dataclasses.replace(SPEC, apps=[AppSpec(image="example.com/app", name="x")]),
+        dataclasses.replace(SPEC, apps=[AppSpec(image="example.com/app", args=["-v"])]),
+        dataclasses.replace(SPEC, volumes=[{"name": "v", "kind": "empty"}]),
+        dataclasses.replace(SPEC, inherit_env=True),
+        dataclasses.replace(SPEC, user_labels={"k": "v"}),
+    ],
+)
+def test_any_other_option_is_another_key(other: PodSpec) -> None:
+    assert podtemplate._key(other, ["sha512-a"]) != podtemplate._key(SPEC, ["sha512-a"])
+
+
+def test_keys_follow_images_and_inherited_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = podtemplate._key(SPEC, ["sha512-a"])
+    assert podtemplate._key(SPEC, ["sha512-a"]) == key
+    assert podtemplate._key(SPEC, ["sha512-b"]) != key
+    inherit = dataclasses.replace(SPEC, inherit_env=True)
+    before = podtemplate._key(inherit, ["sha512-a"])
+    monkeypatch.setenv("SOMETHING_ELSE", "1")
+    assert podtemplate._key(inherit, ["sha512-a"]) != before
+    assert podtemplate._key(SPEC, ["sha512-a"]) == key  # not read without --inherit-env
+    monkeypatch.setenv("PODMGR_METADATA_URL", "http://10.0.0.1:1")
+    assert podtemplate._key(SPEC, ["sha512-a"]) != key
+
+
+def test_templates_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert podtemplate.enabled()
+    monkeypatch.setenv("PODMGR_TEMPLATES", "0")
+    assert not podtemplate.enabled()
