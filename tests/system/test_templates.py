@@ -177,3 +177,27 @@ def test_a_template_whose_tree_is_gone_is_dropped(
     assert "prepared from template" not in log
     _, log = prepare(pm, args)
     assert "prepared from template" in log
+
+
+def test_the_cached_path_does_not_import_the_models(pm: Podmgr, args: list[str]) -> None:
+    # Start-up latency: pydantic and the manifest models cost 250-350 ms.
+    prepare(pm, args)
+    code = (
+        "import sys\n"
+        "from podmgr.__main__ import main\n"
+        "def go(*a):\n"
+        "    try:\n"
+        f"        main(['--dir', {str(pm.state)!r}, *a])\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        f"go('prepare', *{args!r})\n"
+        "go('list')\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    uuid = p.stdout.split()[0]
+    code = code.replace(f"go('prepare', *{args!r})", f"go('run-prepared', {uuid!r})")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "web | from the host" in p.stdout
