@@ -47,3 +47,27 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
         data = data.encode()
     with atomic_writer(path, mode) as f:
         f.write(data)
+
+
+def create_new(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> bool:
+    """Atomically create ``path`` with ``data`` unless it exists; whether it was created.
+
+    Of two writers, the first wins and readers never see a partial file (a temp file,
+    fsynced, then linked into place)."""
+    if isinstance(data, str):
+        data = data.encode()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)

@@ -24,7 +24,7 @@ from typing import Any
 
 from podmgr import names
 from podmgr.errors import SystemdError
-from podmgr.fsutil import atomic_write
+from podmgr.fsutil import create_new
 
 #: ActiveStates in which a unit counts as running.
 RUNNING_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
@@ -80,6 +80,22 @@ def socket_activated(pdir: Path, app: str) -> bool:
     return False
 
 
+def record_exit(
+    pdir: Path,
+    app: str,
+    exit: tuple[str, str | None, int | None, str | None],
+    restarts: int | None,
+) -> bool:
+    """Write the app's ``exit.json`` unless it has one (``podmgr run`` may have been
+    first, from the same unit properties); whether this call wrote it."""
+    result, code, status, sig = exit
+    exit_record = {
+        "name": app, "result": result, "code": code, "status": status, "signal": sig,
+        "restarts": restarts, "time": datetime.now(UTC).isoformat(),
+    }  # fmt: skip
+    return create_new(pdir / "apps" / app / "exit.json", json.dumps(exit_record))
+
+
 def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:
     from podmgr import systemd
 
@@ -107,11 +123,7 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
                 return
             result, code, status, sig = exit_from_unit(final)
             restarts = final.get("NRestarts", restarts)
-        exit_record = {
-            "name": app, "result": result, "code": code, "status": status, "signal": sig,
-            "restarts": restarts, "time": datetime.now(UTC).isoformat(),
-        }
-        atomic_write(pdir / "apps" / app / "exit.json", json.dumps(exit_record))
+        record_exit(pdir, app, (result, code, status, sig), restarts)
         slice_unit = names.pod_slice(uuid)
         if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
             return  # the pod is being stopped as a whole

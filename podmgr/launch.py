@@ -32,7 +32,6 @@ from podmgr.errors import (
     InvalidError,
     NotFoundError,
     PodmgrError,
-    SystemdError,
     UsageError,
     require_root,
 )
@@ -255,34 +254,24 @@ def teardown_units(
 def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | None = None) -> int:
     """Block until every app of the pod has ended; return the pod's exit code."""
     from podmgr import systemd
+    from podmgr.hook import exit_from_unit, record_exit
 
     pdir = state / "pods" / uuid
     apps = load_record(pdir)["apps"]
     with systemd.connect(bus) as sd:
         for a in apps:
-            sd.wait_for_state(a["unit"], timeout=timeout)
-        _await_exit_records(pdir, uuid, [a["name"] for a in apps], timeout=30.0)
-        # The slice outlives its apps only until the last exit hook stops it; should a
-        # hook have failed, the apps are gone anyway, so finish the pod here.
-        slice_unit = names.pod_slice(uuid)
-        with contextlib.suppress(systemd.BusError):
-            try:
-                sd.wait_for_state(slice_unit, timeout=30.0 if timeout is None else timeout)
-            except SystemdError:
-                log.warning("pod %s: the exit hook did not stop the pod; stopping it", uuid)
-                sd.stop_unit(slice_unit)
+            final = sd.wait_for_state(a["unit"], timeout=timeout)
+            # What the app's exit hook records from the same properties; whichever of
+            # the two comes first writes it. Not waiting for the hook (a process systemd
+            # starts once the app is gone) saves its start-up here.
+            with contextlib.suppress(OSError):
+                record_exit(pdir, a["name"], exit_from_unit(final), final.get("NRestarts"))
+        # No app is left, so the pod is done, whatever its exit policy: stop its slice
+        # (its mounts and network go with it), as the last exit hook would.
+        with contextlib.suppress(systemd.NoSuchUnitError):
+            sd.stop_unit(names.pod_slice(uuid))
     code = pod_exit_code(pdir, [a["name"] for a in apps])
     return 0 if code is None else code
-
-
-def _await_exit_records(pdir: Path, uuid: str, apps: Sequence[str], timeout: float) -> None:
-    """The exit hooks run right after their apps end; give them a moment to record."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(app_exit(pdir, a) is not None for a in apps):
-            return
-        time.sleep(0.005)
-    log.warning("pod %s: no exit status recorded for some apps", uuid)
 
 
 def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> None:

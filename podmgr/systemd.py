@@ -581,12 +581,29 @@ class Systemd:
                 status = self.unit_status(unit)
                 if status.get("ActiveState") in wanted:
                     return status
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    self.conn.recv_until_filtered(queue, timeout=left)
-                except TimeoutError as e:
-                    raise SystemdError(f"{unit} did not reach {sorted(wanted)} in time") from e
+                while True:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        msg = self.conn.recv_until_filtered(queue, timeout=left)
+                    except TimeoutError as e:
+                        raise SystemdError(f"{unit} did not reach {sorted(wanted)} in time") from e
+                    if not _moved_elsewhere(msg.body, wanted):
+                        break
                 queue.clear()
+
+
+def _moved_elsewhere(body: tuple[Any, ...], wanted: set[str]) -> bool:
+    """Whether a unit's PropertiesChanged says it moved to a state not in ``wanted``.
+
+    Such a signal needs no GetAll: every call waits behind the jobs systemd is running,
+    and a unit passes several states on its way in and out.
+    """
+    try:
+        iface, changed, invalidated = body
+        _sig, state = changed["ActiveState"]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return iface == UNIT_IFACE and "ActiveState" not in invalidated and state not in wanted
 
 
 def connect(address: str | None = None) -> Systemd:
