@@ -9,7 +9,8 @@ the machine and host name, paths) and its metadata token, plus its creation time
 
 So after a full prepare, a copy of the fresh pod directory is kept as a template in
 ``pods/.templates/<key>/``, where ``key`` hashes every option of the pod spec, the image
-IDs the references resolved to, podmgr's version and interpreter, and the environment
+IDs the references resolved to, the state directory's path, podmgr's version, location and
+interpreter, and the environment
 prepare reads (all of it with ``--inherit-env``). The next prepare with the same key
 resolves its image references in the store, copies the template (modes and owners
 kept) while replacing the template pod's identity by a new one in every file, re-checks
@@ -82,7 +83,7 @@ def prepare(state: Path, spec: PodSpec) -> Prepared:
     if enabled() and spec.pod_manifest is None:
         ids = _resolve(state, spec)
         if ids is not None:
-            key = _key(spec, ids)
+            key = _key(state, spec, ids)
             hit = _clone(state, key)
             if hit is not None:
                 return hit
@@ -130,11 +131,15 @@ def _resolve(state: Path, spec: PodSpec) -> list[str] | None:
     return ids
 
 
-def _key(spec: PodSpec, ids: Sequence[str]) -> str:
+def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
     doc = {
+        # Paths into the state directory are everywhere in a pod's files.
+        "state": os.path.abspath(state),
         "template": TEMPLATE_VERSION,
         "podmgr": __version__,
+        # The exit hook's command line (in plan.json) names both.
         "python": sys.executable,
+        "package": os.path.dirname(os.path.abspath(__file__)),
         "spec": dataclasses.asdict(dataclasses.replace(spec, fetch_options=None)),
         "ids": list(ids),
         "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_every_spelling_of_the_identity_is_rewritten() -> None:
     assert doc["hostname"] == names.machine_name(NEW)
 
 
+S = Path("/var/lib/podmgr")
 SPEC = PodSpec(apps=[AppSpec(image="example.com/app", environment={"A": "1"})])
 
 
@@ -57,20 +59,21 @@ SPEC = PodSpec(apps=[AppSpec(image="example.com/app", environment={"A": "1"})])
     ],
 )
 def test_any_other_option_is_another_key(other: PodSpec) -> None:
-    assert podtemplate._key(other, ["sha512-a"]) != podtemplate._key(SPEC, ["sha512-a"])
+    assert podtemplate._key(S, other, ["sha512-a"]) != podtemplate._key(S, SPEC, ["sha512-a"])
 
 
 def test_keys_follow_images_and_inherited_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = podtemplate._key(SPEC, ["sha512-a"])
-    assert podtemplate._key(SPEC, ["sha512-a"]) == key
-    assert podtemplate._key(SPEC, ["sha512-b"]) != key
+    key = podtemplate._key(S, SPEC, ["sha512-a"])
+    assert podtemplate._key(S, SPEC, ["sha512-a"]) == key
+    assert podtemplate._key(S, SPEC, ["sha512-b"]) != key
+    assert podtemplate._key(Path("/srv/podmgr"), SPEC, ["sha512-a"]) != key
     inherit = dataclasses.replace(SPEC, inherit_env=True)
-    before = podtemplate._key(inherit, ["sha512-a"])
+    before = podtemplate._key(S, inherit, ["sha512-a"])
     monkeypatch.setenv("SOMETHING_ELSE", "1")
-    assert podtemplate._key(inherit, ["sha512-a"]) != before
-    assert podtemplate._key(SPEC, ["sha512-a"]) == key  # not read without --inherit-env
+    assert podtemplate._key(S, inherit, ["sha512-a"]) != before
+    assert podtemplate._key(S, SPEC, ["sha512-a"]) == key  # not read without --inherit-env
     monkeypatch.setenv("PODMGR_METADATA_URL", "http://10.0.0.1:1")
-    assert podtemplate._key(SPEC, ["sha512-a"]) != key
+    assert podtemplate._key(S, SPEC, ["sha512-a"]) != key
 
 
 def test_templates_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
