@@ -257,7 +257,8 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
     from podmgr.hook import exit_from_unit, record_exit
 
     pdir = state / "pods" / uuid
-    apps = load_record(pdir)["apps"]
+    record = load_record(pdir)
+    apps = record["apps"]
     with systemd.connect(bus) as sd:
         for a in apps:
             final = sd.wait_for_state(a["unit"], timeout=timeout)
@@ -267,11 +268,48 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
             with contextlib.suppress(OSError):
                 record_exit(pdir, a["name"], exit_from_unit(final), final.get("NRestarts"))
         # No app is left, so the pod is done, whatever its exit policy: stop its slice
-        # (its mounts and network go with it), as the last exit hook would.
+        # (its mounts and network go with it), as the last exit hook would. The network
+        # goes first, here: the net unit's ExecStop= then finds nothing to do and
+        # starts no Python of its own (units.NET_STOP_GUARD). Not with socket units,
+        # which hold the netns until the slice stops them.
+        if record.get("net", "host") != "host" and not _has_sockets(pdir):
+            from podmgr import network
+
+            try:
+                network.teardown(pdir, uuid)
+            except PodmgrError as e:
+                log.info("pod %s: %s; the net unit retries", uuid, e.message)
         with contextlib.suppress(systemd.NoSuchUnitError):
             sd.stop_unit(names.pod_slice(uuid))
+        # The exit hooks, started when their apps ended, ran meanwhile; once they are
+        # done nothing of the pod's is left running.
+        _await_hooks(sd, uuid, [a["name"] for a in apps])
     code = pod_exit_code(pdir, [a["name"] for a in apps])
     return 0 if code is None else code
+
+
+def _await_hooks(sd: Any, uuid: str, apps: Sequence[str], timeout: float = 30.0) -> None:
+    from podmgr.hook import alive
+    from podmgr.systemd import UNIT_IFACE, BusError, unit_path
+
+    units = [names.exit_hook_unit(uuid, a, failed=f) for a in apps for f in (False, True)]
+    deadline = time.monotonic() + timeout
+    while units and time.monotonic() < deadline:
+        try:
+            units = [u for u in units if alive(sd.get_all(unit_path(u), UNIT_IFACE))]
+        except BusError:
+            return
+        if units:
+            time.sleep(0.005)
+    if units:
+        log.warning("pod %s: exit hooks still running: %s", uuid, ", ".join(units))
+
+
+def _has_sockets(pdir: Path) -> bool:
+    planned = load_plan(pdir)
+    if planned is None:
+        return True  # unknown: leave the network to the net unit
+    return any(n.endswith(".socket") for _, _, aux in planned[0] for n, _ in aux)
 
 
 def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> None:

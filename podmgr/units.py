@@ -387,6 +387,11 @@ def net_unit(uuid: str) -> str:
     return f"{UNIT_PREFIX}net-{pod_hex(uuid)}.service"
 
 
+#: The net unit's ExecStop=: ``sh -c GUARD sh NETNS_PATH CMD…`` runs CMD only if the
+#: pod's netns still exists (the teardown deletes it last, and only once complete).
+NET_STOP_GUARD = 'test -e "$1" || exit 0; shift; exec "$@"'
+
+
 def net_unit_properties(pod: PodPlan) -> dict[str, Any]:
     """The unit that holds the pod's network: started before the apps (which are ordered
     after it), it is bound to the pod's slice, so whatever stops the pod stops it after
@@ -399,7 +404,15 @@ def net_unit_properties(pod: PodPlan) -> dict[str, Any]:
         "BindsTo": [pod_slice(pod.uuid)],
         "After": [pod_slice(pod.uuid)],
         "CollectMode": "inactive-or-failed",
-        "ExecStop": [(pod.net_hook[0], list(pod.net_hook), False)],
+        # Only while the netns exists: `podmgr run` tears the network down itself once
+        # the apps are gone, sparing this a Python start on the way out.
+        "ExecStop": [
+            (
+                "/bin/sh",
+                ["/bin/sh", "-c", NET_STOP_GUARD, "sh", pod.netns_path or "", *pod.net_hook],
+                False,
+            )
+        ],
         "Environment": list(pod.exit_hook_env),
     }
 

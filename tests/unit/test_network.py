@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -144,5 +145,19 @@ def test_apps_join_the_pods_netns() -> None:
     nprops = units.net_unit_properties(pod)
     assert nprops["Type"] == "oneshot" and nprops["RemainAfterExit"] is True
     assert nprops["BindsTo"] == [units.pod_slice(pod.uuid)]
+    ((path, argv, _),) = nprops["ExecStop"]
+    assert path == "/bin/sh" and argv[4:] == ["/run/netns/podmgr-x", *pod.net_hook]
     host = units.app_properties(app, units.PodPlan(uuid=pod.uuid, apps=(app,)))
     assert "NetworkNamespacePath" not in host and "PrivateNetwork" not in host
+
+
+def test_the_net_units_stop_guard_runs_the_teardown_only_while_the_netns_exists(
+    tmp_path: Path,
+) -> None:
+    ns = tmp_path / "netns"
+    argv = ["sh", "-c", units.NET_STOP_GUARD, "sh", str(ns), "touch", str(tmp_path / "ran")]
+    subprocess.run(argv, check=True)
+    assert not (tmp_path / "ran").exists()
+    ns.touch()
+    subprocess.run(argv, check=True)
+    assert (tmp_path / "ran").exists()
