@@ -7,7 +7,7 @@ manifest schema.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
@@ -57,8 +57,9 @@ class RestartPolicy(enum.StrEnum):
     ALWAYS = "always"
 
 
-@dataclass(frozen=True)
-class Bind:
+# NamedTuples, not dataclasses, here and in podmgr.systemd: the exit hook imports both,
+# and dataclasses (with inspect) would add a fifth to its start-up.
+class Bind(NamedTuple):
     """A host path bind-mounted into an app's root."""
 
     source: str

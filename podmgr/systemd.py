@@ -16,7 +16,6 @@ import collections
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from jeepney import DBusAddress, HeaderFields, MatchRule, MessageType, message_bus, new_method_call
@@ -267,8 +266,7 @@ def _bus_error(name: str, text: str, what: str) -> BusError:
 # ---- results --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UnitInfo:
+class UnitInfo(NamedTuple):
     """One row of ListUnits."""
 
     name: str
@@ -278,8 +276,7 @@ class UnitInfo:
     sub_state: str
 
 
-@dataclass(frozen=True)
-class JobResult:
+class JobResult(NamedTuple):
     unit: str
     job: str
     result: str
