@@ -25,14 +25,14 @@ for the image's name, before anything is added to the store; otherwise Untrusted
 (exit 1). ``Insecure.IMAGE`` skips the check with a logged warning. The store records
 whether and by whom each image was verified.
 
-The check overlaps the import: :func:`podmgr.trust.verifying` starts gpgv, and
+The check overlaps the import: :func:`podmgr.trust.verifying` starts sqv, and
 :meth:`Store.add`'s one pass over the archive (decompress, hash, extract into ``tmp/``)
 also feeds it the archive's bytes; the verdict is taken after the pass and before the
 blob, the index row or the tree is published (see :mod:`podmgr.trust` for the cost).
 So an unverified archive is parsed and extracted into ``tmp/`` before it is refused, by
 the same code that must already withstand hostile archives (``--insecure-options=image``
 and the manifest read of every image). If the import fails before the verdict, the rest
-of the file is fed to gpgv and a refused signature is reported instead of the import's
+of the file is fed to sqv and a refused signature is reported instead of the import's
 error: a tampered image is a bad signature wherever the change is.
 
 Dependencies are fetched recursively after their image: from the store when a stored
@@ -181,7 +181,7 @@ class _SignedImport:
         return True, self.check.result().fingerprint
 
     def refusal(self) -> UntrustedError | None:
-        """After a failed import: the signature's refusal, feeding gpgv the bytes the
+        """After a failed import: the signature's refusal, feeding sqv the bytes the
         import did not read; None if the signature is good or cannot be judged."""
         from podmgr.trust import UntrustedError
 

@@ -1,7 +1,10 @@
 """OpenPGP plumbing for podmgr.trust: ASCII armour, a private GnuPG home, key inspection.
 
-Only ``gpg``/``gpgv`` understand keys and signatures; this module decodes armour (so a
-verification needs no ``gpg --dearmor`` per key) and parses ``--with-colons`` output.
+Only ``gpg`` and ``sqv`` judge keys and signatures. This module decodes armour (so a
+verification needs no ``gpg --dearmor`` per key), parses ``--with-colons`` output, and
+reads the few fields of a signature packet that name its type and its issuer
+(:func:`parse_signatures`): what the packet claims, used to refuse a malformed
+signature before any image byte and to explain a refusal, never to accept one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,32 @@ class KeyInfo:
     #: Seconds since the epoch, or None for no expiry.
     expires: int | None
     algorithm: str
+    #: Subkey fingerprint -> its GnuPG validity letter (``r`` revoked, ``e`` expired, …).
+    subkey_validity: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """What a signature packet says of itself: unverified claims, read before verifying."""
+
+    version: int
+    #: 0x00: over a binary document (the file's bytes); 0x01: over canonical text.
+    sig_type: int
+    #: From the issuer fingerprint subpacket, if the signature has one.
+    issuer_fingerprint: str | None
+    #: The issuer's 64-bit key ID (issuer subpacket, or a v3 signature's), if given.
+    issuer_key_id: str | None
+
+    @property
+    def issuer(self) -> str | None:
+        """The issuer as precisely as the signature names it."""
+        return self.issuer_fingerprint or self.issuer_key_id
+
+    def issued_by(self, fingerprint: str) -> bool:
+        """Whether the signature names the (primary or sub)key ``fingerprint`` as issuer."""
+        if self.issuer_fingerprint is not None:
+            return self.issuer_fingerprint == fingerprint
+        return self.issuer_key_id is not None and fingerprint.endswith(self.issuer_key_id)
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +118,117 @@ def dearmor(text: bytes, label: str) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------
+# Signature packets (RFC 9580 section 4.2 and 5.2)
+
+_SIGNATURE_TAG = 2
+_MARKER_TAG = 10
+_SUBPACKET_ISSUER = 16
+_SUBPACKET_ISSUER_FINGERPRINT = 33
+
+
+def _length(data: bytes, i: int, n: int) -> int:
+    """The ``n``-octet big-endian number at ``data[i:]``."""
+    if i + n > len(data):
+        raise InvalidError("truncated OpenPGP packet")
+    return int.from_bytes(data[i : i + n], "big")
+
+
+def _packets(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(tag, body) of each packet in binary OpenPGP data."""
+    i = 0
+    while i < len(data):
+        ctb = data[i]
+        i += 1
+        if not ctb & 0x80:
+            raise InvalidError("not OpenPGP data (bad packet header)")
+        if ctb & 0x40:  # new format
+            tag = ctb & 0x3F
+            o1 = _length(data, i, 1)
+            if o1 < 192:
+                n, i = o1, i + 1
+            elif o1 < 224:
+                n, i = ((o1 - 192) << 8) + _length(data, i + 1, 1) + 192, i + 2
+            elif o1 == 255:
+                n, i = _length(data, i + 1, 4), i + 5
+            else:
+                raise InvalidError("a partial-length packet where a signature belongs")
+        else:  # old format
+            tag, kind = (ctb >> 2) & 0x0F, ctb & 3
+            if kind == 3:  # indeterminate: to the end
+                n = len(data) - i
+            else:
+                size = 1 << kind
+                n, i = _length(data, i, size), i + size
+        if i + n > len(data):
+            raise InvalidError("truncated OpenPGP packet")
+        yield tag, data[i : i + n]
+        i += n
+
+
+def _subpackets(area: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, body) of each signature subpacket in a hashed or unhashed area."""
+    i = 0
+    while i < len(area):
+        o1 = area[i]
+        if o1 < 192:
+            n, i = o1, i + 1
+        elif o1 < 255:
+            n, i = ((o1 - 192) << 8) + _length(area, i + 1, 1) + 192, i + 2
+        else:
+            n, i = _length(area, i + 1, 4), i + 5
+        if n == 0 or i + n > len(area):
+            raise InvalidError("damaged signature subpacket")
+        yield area[i] & 0x7F, area[i + 1 : i + n]
+        i += n
+
+
+def _signature(body: bytes) -> SignatureInfo:
+    version = body[0] if body else 0
+    if version == 3:
+        # version, 5, type, creation time (4), key ID (8), algorithms, hash prefix, MPIs
+        if len(body) < 19 or body[1] != 5:
+            raise InvalidError("damaged v3 signature packet")
+        return SignatureInfo(3, body[2], None, body[7:15].hex().upper())
+    if version not in (4, 6):
+        raise InvalidError(f"unsupported signature packet version {version}")
+    # version, type, public-key algorithm, hash algorithm, hashed area, unhashed area
+    width = 4 if version == 6 else 2
+    i = 4
+    fingerprint = key_id = None
+    for _ in range(2):
+        n = _length(body, i, width)
+        area = body[i + width : i + width + n]
+        if len(area) != n:
+            raise InvalidError("truncated signature packet")
+        i += width + n
+        for kind, value in _subpackets(area):
+            if kind == _SUBPACKET_ISSUER_FINGERPRINT and len(value) in (21, 33):
+                fingerprint = fingerprint or value[1:].hex().upper()
+            elif kind == _SUBPACKET_ISSUER and len(value) == 8:
+                key_id = key_id or value.hex().upper()
+    return SignatureInfo(version, body[1], fingerprint, key_id)
+
+
+def parse_signatures(data: bytes) -> list[SignatureInfo]:
+    """The signature packets of a (dearmoured) detached signature.
+
+    Raises InvalidError if the data is not a sequence of OpenPGP packets, holds any
+    packet but signatures (and the obsolete marker packet), or no signature.
+    """
+    found = []
+    for tag, body in _packets(data):
+        if tag == _SIGNATURE_TAG:
+            found.append(_signature(body))
+        elif tag != _MARKER_TAG:
+            raise InvalidError(
+                f"not a detached signature: it holds an OpenPGP packet of type {tag}"
+            )
+    if not found:
+        raise InvalidError("no OpenPGP signature packet found")
+    return found
+
+
+# ---------------------------------------------------------------------------
 # GnuPG
 
 
@@ -115,6 +256,10 @@ class _Gpg:
         )
 
 
+#: What GnupgHome gives: call it with gpg's arguments; ``.home`` is the directory.
+Gpg = _Gpg
+
+
 class GnupgHome:
     """A private, throw-away GNUPGHOME (and scratch directory)."""
 
@@ -137,7 +282,7 @@ def parse_colons(colons: str) -> list[KeyInfo]:
     """Keys from ``gpg --with-colons`` listing output, in order."""
     keys: list[KeyInfo] = []
     cur: dict[str, Any] | None = None
-    last = ""
+    last = sub_validity = ""
 
     def flush() -> None:
         if cur is not None:
@@ -152,6 +297,7 @@ def parse_colons(colons: str) -> list[KeyInfo]:
                 "fingerprint": "",
                 "uids": [],
                 "subkeys": [],
+                "subkey_validity": {},
                 "validity": f[1],
                 "expires": int(f[6]) if len(f) > 6 and f[6] else None,
                 "algorithm": (f[16] if len(f) > 16 and f[16] else f"algo{f[3]}")
@@ -165,8 +311,11 @@ def parse_colons(colons: str) -> list[KeyInfo]:
                 cur["fingerprint"] = f[9]
             elif last in ("sub", "ssb"):
                 cur["subkeys"].append(f[9])
+                cur["subkey_validity"][f[9]] = sub_validity
         elif rec == "uid" and cur is not None:
             cur["uids"].append(_unescape_colons(f[9]))
+        elif rec in ("sub", "ssb"):
+            sub_validity = f[1] if len(f) > 1 else ""
         if rec in ("pub", "sec", "sub", "ssb", "uid"):
             last = rec
     flush()

@@ -1,13 +1,15 @@
-"""podmgr.trust: signature verification and the trust store, with real gpg and gpgv."""
+"""podmgr.trust: signature verification and the trust store, with real gpg and sqv."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 from test_trust_keys import Keys, keys, write_key
 
 from podmgr.errors import ExitCode, InvalidError, NotFoundError
+from podmgr.openpgp import dearmor, parse_signatures
 from podmgr.trust import (
     Reason,
     TrustStore,
@@ -169,19 +171,145 @@ def test_subkey_for_another_prefix_names_the_primary(
     assert err.fingerprint == keys.fpr["sub"]
 
 
-def test_expired_key(keys: Keys, store: TrustStore, image: Path) -> None:
-    write_key(store.admin_dir, keys, "expired")
-    err = refusal(image, keys.sign("expired", image), NAME, store)
+@pytest.mark.parametrize("signer", ["expired", "subexp"])
+def test_expired_key(keys: Keys, store: TrustStore, image: Path, signer: str) -> None:
+    """The primary key, or its signing subkey (subexp), expired after signing in 2020:
+    sqv accepts that (the key was valid when it signed); podmgr, as gpgv did, judges
+    the key now."""
+    write_key(store.admin_dir, keys, signer)
+    err = refusal(image, keys.sign(signer, image), NAME, store)
     assert err.reason is Reason.EXPIRED
-    assert f"expired key {keys.fpr['expired']}" in err.message
+    assert f"expired key {keys.fpr[signer]}" in err.message
 
 
-def test_revoked_key(keys: Keys, store: TrustStore, image: Path) -> None:
-    # Trusted before the revocation; the store now holds the updated (revoked) key.
-    write_key(store.admin_dir, keys, "revoked", NAME)
-    err = refusal(image, keys.sign("revoked", image), NAME, store)
+@pytest.mark.parametrize("signer", ["revoked", "subrev"])
+def test_revoked_key(keys: Keys, store: TrustStore, image: Path, signer: str) -> None:
+    # Trusted before the revocation (of the key, or of its signing subkey); the store
+    # now holds the updated key.
+    write_key(store.admin_dir, keys, signer, NAME)
+    err = refusal(image, keys.sign(signer, image), NAME, store)
     assert err.reason is Reason.REVOKED
-    assert f"revoked key {keys.fpr['revoked']}" in err.message
+    assert f"revoked key {keys.fpr[signer]}" in err.message
+
+
+def test_tampered_image_by_an_expired_key_is_a_bad_signature(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    write_key(store.admin_dir, keys, "expired")
+    sig = keys.sign("expired", image)
+    image.write_bytes(b"X" + image.read_bytes()[1:])
+    assert refusal(image, sig, NAME, store).reason is Reason.BAD_SIGNATURE
+
+
+def test_weak_digest_is_refused_but_not_as_a_bad_signature(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path
+) -> None:
+    """sqv's policy refuses SHA-1: the image is not called modified, and sqv's reason
+    is passed on."""
+    store.add(keys.public("rsa"), None)
+    sig = tmp_path / "sha1.asc"
+    keys.gpg("--armor", "--detach-sign", "--digest-algo", "SHA1", "-u", keys.fpr["rsa"],
+             "-o", str(sig), str(image))  # fmt: skip
+    err = refusal(image, sig, NAME, store)
+    assert err.reason is Reason.UNVERIFIED
+    assert f"signature by {keys.fpr['rsa']} could not be verified: " in err.message
+    assert "bad signature" not in err.message
+
+
+def test_text_mode_signature_is_refused_before_any_byte(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path
+) -> None:
+    store.add(keys.public("ed"), None)
+    sig = tmp_path / "text.asc"
+    keys.gpg("--armor", "--textmode", "--detach-sign", "-u", keys.fpr["ed"], "-o", str(sig),
+             str(image))  # fmt: skip
+    with pytest.raises(UntrustedError) as e, verifying(sig, NAME, store=store):
+        pass
+    assert e.value.reason is Reason.UNVERIFIED
+    assert "type 0x01" in e.value.message
+
+
+def test_one_good_signature_among_several_is_enough(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path
+) -> None:
+    store.add(keys.public("sub"), NAME)
+    sig = tmp_path / "two.asc"
+    keys.gpg("--armor", "--detach-sign", "-u", keys.fpr["other"], "-u", keys.subkey["sub"] + "!",
+             "-o", str(sig), str(image))  # fmt: skip
+    assert len(parse_signatures(dearmor(sig.read_bytes(), "SIGNATURE")[0])) == 2
+    v = verify(image, sig, NAME, store=store)
+    assert (v.fingerprint, v.signing_fingerprint) == (keys.fpr["sub"], keys.subkey["sub"])
+
+
+def test_key_trusted_for_root_and_a_prefix_verifies(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    store.add(keys.public("ed"), None)
+    store.add(keys.public("ed"), NAME)
+    assert len(store.keys_for(NAME)) == 2
+    assert verify(image, keys.sign("ed", image), NAME, store=store).fingerprint == keys.fpr["ed"]
+
+
+def _armor(data: bytes, label: str) -> bytes:
+    body = base64.b64encode(data).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([f"-----BEGIN PGP {label}-----", "", *lines, f"-----END PGP {label}-----",
+                      ""]).encode()  # fmt: skip
+
+
+def test_signature_packets_name_their_issuer(keys: Keys, image: Path) -> None:
+    sig = keys.sign("sub", image)
+    (info,) = parse_signatures(dearmor(sig.read_bytes(), "SIGNATURE")[0])
+    assert (info.version, info.sig_type) == (4, 0)
+    assert info.issuer_fingerprint == keys.subkey["sub"]
+    assert info.issuer_key_id == keys.subkey["sub"][-16:]
+    assert info.issued_by(keys.subkey["sub"]) and not info.issued_by(keys.fpr["sub"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("key", "not a detached signature"),
+        ("junk", "bad packet header"),
+        ("cut", "truncated"),
+    ],
+)
+def test_armoured_non_signatures_are_malformed(
+    keys: Keys, store: TrustStore, image: Path, tmp_path: Path, content: str, message: str
+) -> None:
+    store.add(keys.public("ed"), None)
+    packets = {
+        "key": lambda: dearmor(keys.public("ed"), "PUBLIC KEY BLOCK")[0],
+        "junk": lambda: b"hello world",
+        "cut": lambda: dearmor(keys.sign("ed", image).read_bytes(), "SIGNATURE")[0][:-3],
+    }[content]()
+    bad = tmp_path / "bad.asc"
+    bad.write_bytes(_armor(packets, "SIGNATURE"))
+    err = refusal(image, bad, NAME, store)
+    assert err.reason is Reason.MALFORMED
+    assert message in err.message
+
+
+def test_unreadable_key_file_does_not_block_sqvs_keyring(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    """Well-formed armour around something that is no key: sqv refuses a whole keyring
+    that holds it, so it is left out."""
+    store.add(keys.public("ed"), None)
+    junk = store.admin_dir / "root.d" / keys.fpr["other"]
+    junk.write_bytes(_armor(b"\x99\x00\x01not a key", "PUBLIC KEY BLOCK"))
+    assert verify(image, keys.sign("ed", image), NAME, store=store).fingerprint == keys.fpr["ed"]
+
+
+def test_key_file_named_after_another_key_is_not_trusted(
+    keys: Keys, store: TrustStore, image: Path
+) -> None:
+    wrong = store.admin_dir / "root.d" / keys.fpr["ed"]
+    wrong.parent.mkdir(parents=True)
+    wrong.write_bytes(keys.public("other"))
+    err = refusal(image, keys.sign("other", image), NAME, store)
+    assert err.reason is Reason.UNTRUSTED_KEY
+    assert err.fingerprint == keys.fpr["other"]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "checksum", "binary"])
@@ -345,17 +473,17 @@ def test_streamed_check_refuses_before_any_byte(store: TrustStore, tmp_path: Pat
     assert e.value.reason is Reason.MALFORMED
 
 
-def test_abandoned_streamed_check_ends_gpgv(
+def test_abandoned_streamed_check_ends_sqv(
     keys: Keys, store: TrustStore, image: Path, tmp_path: Path
 ) -> None:
     """Leaving the block without a verdict (an import that failed) does not hang, even
-    with more queued than the pipe holds, and leaves gpgv running."""
+    with more queued than the pipe holds, and leaves no sqv running."""
     store.add(keys.public("ed"), None)
     big = tmp_path / "big"
     big.write_bytes(bytes(40 << 20))
     with pytest.raises(RuntimeError), verifying(keys.sign("ed", big), NAME, store=store) as check:
         for _ in range(30):
             check.write(bytes(1 << 20))
-        gpgv = check._gpgv
+        sqv = check._sqv
         raise RuntimeError("import failed")
-    assert not gpgv.is_alive()
+    assert not sqv.is_alive()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ class Keys:
         """A detached armoured signature of ``path`` by key ``name``."""
         out = out or path.with_name(path.name + ".asc")
         signer = self.subkey[name] + "!" if name in self.subkey else self.fpr[name]
-        faked = "20200101T010000" if name == "expired" else None
+        faked = "20200101T010000" if name in ("expired", "subexp") else None
         out.unlink(missing_ok=True)
         self.gpg("--armor", "--detach-sign", "-u", signer, "-o", str(out), str(path), faked=faked)
         return out
@@ -91,6 +92,24 @@ def generate(home: Path) -> Keys:
     revocation.write_text(cert.replace(":-----BEGIN", "-----BEGIN"))
     revoked.gpg("--import", str(pub), str(revocation))
     keys.published["revoked"] = revoked.public("revoked")
+    # Signing subkeys of certify-only primaries: one valid for a day in 2020 (and used
+    # then: the signature was good when made), one revoked since it signed.
+    for name in ("subexp", "subrev"):
+        past = {"faked": FAKED_PAST} if name == "subexp" else {}
+        gen(name, "ed25519", "cert", **past)
+        keys.gpg("--quick-add-key", keys.fpr[name], "ed25519", "sign",
+                 "1d" if past else "0", **past)  # fmt: skip
+        keys.subkey[name] = _fingerprints(keys, f"{name}@example.com")[1]
+    # The subkey is revoked in a copy of the home (its secret keys, not the agent's
+    # sockets), so that the signing home can still sign with it.
+    subrev = Keys(home.with_name(home.name + "-subrev"), dict(keys.fpr), dict(keys.subkey))
+    shutil.copytree(home, subrev.home, ignore=shutil.ignore_patterns("S.*"))
+    subprocess.run(
+        ["gpg", "--homedir", str(subrev.home), "--batch", "--no-tty", "--pinentry-mode",
+         "loopback", "--passphrase", "", "--command-fd", "0", "--edit-key", keys.fpr["subrev"]],
+        input="key 1\nrevkey\ny\n0\n\ny\nsave\n", capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    keys.published["subrev"] = subrev.public("subrev")
     return keys
 
 
@@ -136,3 +155,8 @@ def test_generated_keys_have_the_expected_properties(keys: Keys) -> None:
     assert b"BEGIN PGP PUBLIC KEY" in keys.public("revoked")
     assert validity[keys.fpr["ed"][-16:]] == "u"
     assert keys.subkey["sub"] != keys.fpr["sub"]
+    subkeys = {
+        f[4]: f[1] for f in (line.split(":") for line in listing.splitlines()) if f[0] == "sub"
+    }
+    assert subkeys[keys.subkey["subexp"][-16:]] == "e"
+    assert b"BEGIN PGP PUBLIC KEY" in keys.public("subrev")
