@@ -45,34 +45,33 @@ How the cost is hidden (issue 4: under 50 ms beyond hashing the image once)
     enters :func:`verifying`, which starts a helper thread (``gpg --show-keys`` on the
     trusted keys, then ``sqv … SIG /proc/self/fd/0`` on a pipe), and the store's one
     import pass (decompress, hash, extract into ``tmp/``) hands every byte it reads to
-    the :class:`SignatureCheck`, which passes it to sqv's stdin; the verdict is taken
-    after the pass, before anything is published. Those are the very bytes stored, so
-    the file cannot change between the check and the import either. Feeding details,
-    measured with gpgv on the loaded 2-vCPU development machine (170 MB tar, 102 MB
-    gzip, ``Store.add`` alone, medians of 5-6 runs, ±0.5 s per run): a writer thread fed
-    by a queue (the GIL handed back and forth for every batch) made the import 1.4 s
-    longer, against 0.8 s when its own thread writes, non-blocking, in 256 KiB writev(2)
-    batches (what does not fit waits for the next write; only a 32 MiB backlog blocks);
-    and the verifier, woken by every batch, preempted the import's thread until it ran
-    as SCHED_BATCH. With sqv a writer thread again showed no gain we could measure.
+    the :class:`SignatureCheck`; the verdict is taken after the pass, before anything is
+    published. Those are the very bytes stored, so the file cannot change between the
+    check and the import either.
+
+    Feeding: the import's thread only keeps each chunk by reference (two list
+    operations; Python 3.11's gzip reads 8 KiB at a time, 12,500 chunks per 100 MB) and
+    hands the list over every 4 MiB; a feeding thread copies it into the pipe in
+    writev(2), which runs without the GIL, on the other CPU. Earlier versions paid for
+    this in the import's thread: 256 KiB non-blocking writev batches cost it 45-61 ms
+    per 100 MB (the copy), and a lock per chunk about as much again; a writer thread fed
+    per chunk (the GIL handed back and forth 12,500 times) made the import 1.4 s longer.
+    sqv and the feeding thread run as SCHED_BATCH, so that, woken by each batch, they do
+    not preempt the import.
 
     Measured with ``bench/image_import --only-signature --dir /dev/shm`` (a 102 MB gzip
-    image of 170 MB of tar, 9 interleaved signed/unsigned fetch pairs, medians, 2 vCPUs
-    of which the other work on the machine kept about one busy throughout: 0.02-0.11
-    CPUs idle during the unsigned fetches). The check's own parts are stable: 2-3 ms
-    to set it up and 2-3 ms from the import's last byte to the verdict; 45-51 ms
-    of the import's thread passing the bytes into the pipe (the copy; a bare
-    ``write(2)`` of 100 MB into a pipe costs the same here); and on the helper's side
-    gpg and sqv use 131-140 ms of CPU for Ed25519/SHA-256 (gpgv alone used 0.45 s) and
-    about 350 ms for RSA-3072/SHA-512. So with a CPU to spare the check adds about 50
-    ms (50-56 ms in four runs, Ed25519 and RSA alike), the goal's edge. End to end, the
-    per-pair medians are noisy (±0.5 s per pair): Ed25519 +120 to +317 ms in five runs
-    and -119 ms in a sixth; RSA +310 and -329 ms; the gpgv version measured beside them
-    +411 ms (+468, +500 and +628 ms before), and ``trust.verify`` on the finished file
-    took 133-248 ms with sqv against 708 ms with gpgv. Without a spare CPU the check
-    costs its CPU, about 180 ms for Ed25519, plus the import running slower beside it.
-    What would lower it further: letting sqv read a finished private download itself
-    (no copy into a pipe), or a verifier that takes the digest of our own pass.
+    image of 170 MB of tar, 9 interleaved signed/unsigned fetch pairs, medians, the
+    2-vCPU development machine otherwise quiet: one CPU idle during the unsigned
+    fetches). The serial part, what the check adds with a CPU to spare: 3.4 ms to set
+    it up, 4.0 ms from the import's last byte to the verdict, 2 ms of the import's
+    thread handing bytes over: about 9 ms for Ed25519/SHA-256, 11 ms for
+    RSA-3072/SHA-512. On the other CPU, gpg and sqv use 122 ms (Ed25519/SHA-256) and 361
+    ms (RSA/SHA-512) of CPU. End to end the fetch itself varies by ±0.5 s per run, so
+    the per-pair medians only bound it: -10 ms (Ed25519) and +146 ms (RSA) over 9 pairs;
+    CPU of the whole fetch +165 and +559 ms, the verifier's plus the import running a
+    little slower beside it. gpgv, before sqv: 0.45 s of CPU, +411 to +628 ms end to
+    end; ``trust.verify`` on a finished file takes 140 ms (Ed25519) with sqv, 708 ms
+    with gpgv. Without a spare CPU the check costs its CPU.
 
 Trust store (rkt's layout)
     Two roots: the administrator's ``/etc/podmgr/trustedkeys`` and the vendor's
@@ -100,7 +99,6 @@ import logging
 import os
 import re
 import resource
-import select
 import subprocess
 import threading
 import time
@@ -166,8 +164,9 @@ VENDOR_TRUST_DIR = Path("/usr/lib/podmgr/trustedkeys")
 
 log = logging.getLogger(__name__)
 
-#: SignatureCheck.write passes bytes on to sqv once this many are pending.
-_BATCH = 256 << 10
+#: SignatureCheck's feeding thread wakes to pass bytes on to sqv once this many are
+#: pending (few wake-ups: each needs the GIL for a moment).
+_BATCH = 4 << 20
 #: Pending bytes beyond which SignatureCheck.write waits for sqv (bounds memory).
 _BACKLOG = 32 << 20
 #: The pipe size asked for (the default /proc/sys/fs/pipe-max-size).
@@ -635,12 +634,9 @@ class SignatureCheck:
     """A running ``sqv`` checking a detached signature over the bytes given to :meth:`write`.
 
     Made by :func:`verifying`. sqv reads a pipe; :meth:`write` keeps the chunk (by
-    reference) and, once :data:`_BATCH` bytes are pending, passes them on with one
-    non-blocking writev(2). A full pipe never blocks the caller: what does not fit
-    stays pending until the next write, and only a backlog beyond :data:`_BACKLOG`
-    (sqv far behind) waits for room, which bounds memory. There is no writer thread
-    on purpose: handing the GIL to one and back for every batch stalled the import's
-    thread (1.4 s per 100 MB on the loaded 2-core development machine).
+    reference) and hands the chunks over every :data:`_BATCH` bytes to a feeding
+    thread, which writes them into the pipe (see the module doc). Only a backlog beyond
+    :data:`_BACKLOG` (sqv far behind) makes the caller wait, which bounds memory.
     :meth:`result` ends the input and returns the :class:`Verification` or raises
     :class:`UntrustedError`; the verdict is kept, so later calls give the same one.
 
@@ -670,8 +666,12 @@ class SignatureCheck:
         #: caller's thread passing bytes on (for the benchmark).
         self.cpu_verifier = 0.0
         self.cpu_feeding = 0.0
+        self._local: list[bytes] = []  # not yet handed over (the import's thread only)
+        self._local_size = 0
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._closing = False  # no more input (result() or close())
+        self._cond = threading.Condition()
         self._broken = False  # sqv stopped reading (or never ran): the rest is dropped
         self._feed_error: OSError | None = None
         self._infos: dict[str, tuple[TrustedKey, KeyInfo]] = {}
@@ -680,13 +680,16 @@ class SignatureCheck:
         self._verdict: Verification | UntrustedError | None = None
         self._ended = False
         r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
         with contextlib.suppress(OSError):  # fewer wake-ups; the default 64 KiB also works
             fcntl.fcntl(self._w, _F_SETPIPE_SZ, _PIPE_SIZE)
         # The thread waits for gpg and sqv and reads their output: it needs the GIL
         # when they finish, not while the image is fed.
         self._sqv = threading.Thread(target=self._run, args=(r,), name="sqv", daemon=True)
         self._sqv.start()
+        # The feeding thread copies the image into the pipe (in writev(2), without the
+        # GIL), so that the copy runs beside the import, not in its thread.
+        self._feeder = threading.Thread(target=self._feed, name="sqv-feed", daemon=True)
+        self._feeder.start()
 
     @property
     def done(self) -> bool:
@@ -722,60 +725,87 @@ class SignatureCheck:
             os.close(r)
 
     def write(self, data: bytes) -> int:
-        """Pass on the next bytes of the image."""
+        """Pass on the next bytes of the image: kept by reference, handed to the feeding
+        thread every :data:`_BATCH` bytes (the import reads 8 KiB at a time under Python
+        3.11's gzip, so the common path is two list operations, without a lock)."""
         n = len(data)
         self.fed += n
         if self._broken:
             return n
-        self._pending.append(bytes(data))
-        self._pending_size += n
-        if self._pending_size >= _BATCH:
-            t0 = time.thread_time()
-            self._flush(wait=self._pending_size > _BACKLOG)
-            self.cpu_feeding += time.thread_time() - t0
+        self._local.append(data if type(data) is bytes else bytes(data))
+        self._local_size += n
+        if self._local_size >= _BATCH:
+            self._hand_over()
         return n
 
-    def _flush(self, *, wait: bool) -> None:
-        """Write what is pending; with ``wait``, all of it (waiting for room)."""
-        poller = None
-        while self._pending and not self._broken:
-            try:
-                n = os.writev(self._w, self._pending[:_IOV_MAX])
-            except BlockingIOError:
-                if not wait:
+    def _hand_over(self) -> None:
+        t0 = time.thread_time()
+        with self._cond:
+            self._pending += self._local
+            self._pending_size += self._local_size
+            self._local, self._local_size = [], 0
+            self._cond.notify_all()
+            # Memory stays bounded: wait while sqv is far behind.
+            while self._pending_size > _BACKLOG and not self._broken:
+                self._cond.wait()
+        self.cpu_feeding += time.thread_time() - t0
+
+    def _feed(self) -> None:
+        # SCHED_BATCH, like sqv: woken by each batch, it does not preempt the import.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        try:
+            while True:
+                with self._cond:
+                    while not self._closing and self._pending_size < _BATCH:
+                        self._cond.wait()
+                    batch, self._pending, self._pending_size = self._pending, [], 0
+                    last = self._closing
+                    self._cond.notify_all()  # a write() waiting for room
+                if not self._broken:
+                    self._write_all(batch)
+                del batch
+                if last:
                     return
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(self._w, select.POLLOUT)
-                poller.poll(1000)
-                continue
+        finally:
+            os.close(self._w)  # sqv sees the end of the image (or a short one)
+
+    def _write_all(self, batch: list[bytes]) -> None:
+        views = [memoryview(b) for b in batch]
+        while views and not self._broken:
+            try:
+                n = os.writev(self._w, views[:_IOV_MAX])
             except BrokenPipeError:
                 self._broken = True
             except OSError as e:
                 self._feed_error, self._broken = e, True
             else:
-                self._pending_size -= n
                 i = 0
-                while i < len(self._pending) and n >= len(self._pending[i]):
-                    n -= len(self._pending[i])
+                while i < len(views) and n >= len(views[i]):
+                    n -= len(views[i])
                     i += 1
-                del self._pending[:i]
+                del views[:i]
                 if n:
-                    self._pending[0] = self._pending[0][n:]
+                    views[0] = views[0][n:]
         if self._broken:
-            self._pending, self._pending_size = [], 0
+            with self._cond:
+                self._pending, self._pending_size = [], 0
+                self._cond.notify_all()
 
     def _end(self, *, abort: bool = False) -> None:
         if self._ended:
             return
         self._ended = True
-        try:
+        if not abort and not self._broken and self._local:
+            self._hand_over()
+        with self._cond:
             if abort:
                 self._broken = True  # sqv sees a short input and refuses it
-            self._flush(wait=True)
-        finally:
-            os.close(self._w)
-            self._sqv.join()
+                self._pending, self._pending_size = [], 0
+            self._closing = True
+            self._cond.notify_all()
+        self._feeder.join()
+        self._sqv.join()
 
     def result(self) -> Verification:
         """End the input, wait for sqv and judge: the Verification, or UntrustedError."""
