@@ -47,11 +47,14 @@ build/trixie-root/usr/lib/systemd/systemd:
 
 ## The Debian 13 package, build/deb/podmgr_*.deb, built in a copy of the trixie tree (lintian
 ## errors fail it), then installed with apt into a fresh copy that boots in the box.
-.PHONY: deb deb-test
+.PHONY: deb deb-test bench-deb
 deb: debian13-root
 	packaging/deb build
 deb-test: deb
 	packaging/deb test
+## bench/pod_start against the installed package (Debian 13's python3), with podman beside it.
+bench-deb: deb
+	packaging/deb bench
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
