@@ -153,7 +153,7 @@ def start(
 
     ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
     instead of the journal (``run --interactive``)."""
-    from podmgr import network, systemd, userdb
+    from podmgr import systemd, userdb
 
     require_root("starting a pod")
     pdir = state / "pods" / uuid
@@ -180,15 +180,19 @@ def start(
     record["started"] = _now()
     record["boot_id"] = boot_id()
     atomic_write(pdir / "pod.json", json.dumps(record, indent=1))
+    host = record.get("net", "host") == "host"
+    if not host:
+        from podmgr import network
     try:
-        network.setup(
-            pdir,
-            uuid,
-            record.get("net", "host"),
-            record.get("networks", ()),
-            ports=[network.PortMapping(*p) for p in record.get("ports", ())],
-            sysctls=sysctls,
-        )
+        if not host:
+            network.setup(
+                pdir,
+                uuid,
+                record["net"],
+                record.get("networks", ()),
+                ports=[network.PortMapping(*p) for p in record.get("ports", ())],
+                sysctls=sysctls,
+            )
         with systemd.connect(bus) as sd:
             try:
                 sd.start_transient_units(batch)
@@ -198,10 +202,11 @@ def start(
             _register_machine(sd, uuid, apps)
     except BaseException:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
-        try:
-            network.teardown(pdir, uuid)
-        except PodmgrError as e:
-            log.warning("%s", e.message)
+        if not host:
+            try:
+                network.teardown(pdir, uuid)
+            except PodmgrError as e:
+                log.warning("%s", e.message)
         raise
 
 

@@ -117,7 +117,7 @@ def _resolve(state: Path, spec: PodSpec) -> list[str] | None:
             if a.image.lower().startswith("sha512-"):
                 ids.append(store.resolve(a.image))
             elif ref_kind(a.image) == "name":
-                from podmgr.fetch.discovery import parse_app_string
+                from podmgr.fetch.appstring import parse_app_string
 
                 app = parse_app_string(a.image)
                 found = store.find(app.name, {k: app.labels[k] for k in app.explicit})

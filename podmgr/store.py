@@ -46,7 +46,6 @@ Correctness rules:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -63,9 +62,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError, UsageError
 from podmgr.fsutil import fsync_dir
-from podmgr.render import Layer, Whitelist, extract_layer, plan, render_into
 
 if TYPE_CHECKING:
+    from podmgr.render import Layer
     from podmgr.schema import Dependency, ImageManifest
 
 log = logging.getLogger(__name__)
@@ -175,6 +174,8 @@ def tree_key(layers: Sequence[Layer]) -> str:
 
 def _syncfs(path: Path) -> None:
     """Flush the filesystem holding ``path``: one call for a whole tree of files."""
+    import ctypes  # only when publishing: 3 ms of start-up otherwise
+
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -449,7 +450,7 @@ class Store:
                     f"image ID prefix {ref} is ambiguous", hint="give more hex digits of the ID"
                 )
             return str(rows[0][0])
-        from podmgr.fetch.discovery import parse_app_string
+        from podmgr.fetch.appstring import parse_app_string
 
         app = parse_app_string(ref)
         wanted = {k: app.labels[k] for k in app.explicit}
@@ -532,6 +533,8 @@ class Store:
                 tree.mkdir(mode=0o755)
                 fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 stack.callback(os.close, fd)
+                from podmgr.render import Whitelist, extract_layer
+
                 wl = (Whitelist(manifest.path_whitelist),) if manifest.path_whitelist else ()
                 res = extract_layer(
                     src, fd, whitelists=wl, tee=tee, expected_id=expected_id, keep_manifest=True
@@ -565,6 +568,8 @@ class Store:
                     image_id, manifest, manifest_bytes, size, usize, verified, fingerprint
                 )
             if render_now:
+                from podmgr.render import Layer
+
                 layers = [Layer(image_id, wl)]
                 with self._locked(f"tree-{tree_key(layers)}"):
                     self._publish_tree(tree, layers)
@@ -649,6 +654,8 @@ class Store:
             self.db.execute("UPDATE trees SET last_used = ? WHERE key = ?", (now, key))
 
     def plan(self, image_id: str) -> list[Layer]:
+        from podmgr.render import plan
+
         return plan(image_id, self.manifest, self.resolve_dependency)
 
     def render(self, image_id: str) -> Path:
@@ -661,6 +668,8 @@ class Store:
                 with self.workdir() as work:
                     tree = work / "tree"
                     tree.mkdir(mode=0o755)
+                    from podmgr.render import render_into
+
                     render_into(tree, layers, self.blob_path)
                     (tree / "manifest").write_bytes(self.manifest_bytes(image_id))
                     self._publish_tree(tree, layers)

@@ -69,9 +69,10 @@ How the cost is hidden (issue 4: under 50 ms beyond hashing the image once)
     ms (RSA/SHA-512) of CPU. End to end the fetch itself varies by ±0.5 s per run, so
     the per-pair medians scatter around zero: Ed25519 -10 ms (9 pairs) and +183 ms (21
     pairs), RSA +146 ms (9 pairs) and -159 ms (15 pairs); CPU of the whole fetch +165 to
-    +559 ms, the verifier's plus the import running a little slower beside it. gpgv, before sqv: 0.45 s of CPU, +411 to +628 ms end to
-    end; ``trust.verify`` on a finished file takes 140 ms (Ed25519) with sqv, 708 ms
-    with gpgv. Without a spare CPU the check costs its CPU.
+    +559 ms, the verifier's plus the import running a little slower beside it. gpgv,
+    before sqv: 0.45 s of CPU, +411 to +628 ms end to end; ``trust.verify`` on a
+    finished file takes 140 ms (Ed25519) with sqv, 708 ms with gpgv. Without a spare
+    CPU the check costs its CPU.
 
 Trust store (rkt's layout)
     Two roots: the administrator's ``/etc/podmgr/trustedkeys`` and the vendor's

@@ -6,6 +6,7 @@ The name's host (``example.com``) is pointed at the loopback server with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,12 @@ SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "appc-spec"
 PAGES = SPEC / "testdata" / "discovery"
 STORE = "https://storage.example.com"
 KEYS = ["https://example.com/pubkeys.gpg"]
+
+
+def fake_uname(monkeypatch: pytest.MonkeyPatch, system: str, machine: str) -> None:
+    """The host's os/arch come from uname(2), as platform.system()/machine() read it."""
+    fake = os.uname_result((system, "host", "6.1", "#1", machine))
+    monkeypatch.setattr("os.uname", lambda: fake)
 
 
 def meta(n: int) -> str:
@@ -65,7 +72,9 @@ def site(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Route]
 
 def opts(srv: Server, **kw: bool) -> FetchOptions:
     return FetchOptions(
-        connect_to={"example.com": f"127.0.0.1:{srv.port}"}, read_timeout=5, connect_timeout=5,
+        connect_to={"example.com": f"127.0.0.1:{srv.port}"},
+        read_timeout=5,
+        connect_timeout=5,
         **kw,
     )
 
@@ -74,8 +83,7 @@ def opts(srv: Server, **kw: bool) -> FetchOptions:
 
 
 def test_app_string_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    monkeypatch.setattr("platform.system", lambda: "Linux")
+    fake_uname(monkeypatch, "Linux", "x86_64")
     a = parse_app_string("example.com/app")
     assert a.name == "example.com/app" and a.explicit == frozenset()
     assert dict(a.labels) == {"version": "latest", "os": "linux", "arch": "amd64"}
@@ -84,7 +92,10 @@ def test_app_string_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_app_string_version_and_labels() -> None:
     a = parse_app_string("example.com/app:1.0.0,os=freebsd,channel=beta%2C1")
     assert dict(a.labels) == {
-        "version": "1.0.0", "os": "freebsd", "channel": "beta,1", "arch": host_os_arch()[1],
+        "version": "1.0.0",
+        "os": "freebsd",
+        "channel": "beta,1",
+        "arch": host_os_arch()[1],
     }
     assert a.explicit == {"version", "os", "channel"}
     assert str(a) == f"example.com/app:1.0.0,arch={a.labels['arch']},channel=beta%2C1,os=freebsd"
@@ -113,14 +124,19 @@ def test_bad_app_strings(s: str, why: str) -> None:
 
 @pytest.mark.parametrize(
     ("machine", "arch"),
-    [("x86_64", "amd64"), ("i686", "i386"), ("aarch64", "aarch64"), ("armv7l", "armv7l"),
-     ("ppc64le", "ppc64le"), ("s390x", "s390x")],
+    [
+        ("x86_64", "amd64"),
+        ("i686", "i386"),
+        ("aarch64", "aarch64"),
+        ("armv7l", "armv7l"),
+        ("ppc64le", "ppc64le"),
+        ("s390x", "s390x"),
+    ],
 )
 def test_host_arch_in_appc_spelling(
     machine: str, arch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("platform.machine", lambda: machine)
-    monkeypatch.setattr("platform.system", lambda: "Linux")
+    fake_uname(monkeypatch, "Linux", machine)
     assert host_os_arch() == ("linux", arch)
 
 
@@ -139,18 +155,24 @@ def test_ref_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_render_template() -> None:
     v = {"name": "example.com/app", "version": "1", "ext": "aci", "x": "{os}"}
-    assert render_template("https://s/{name}-{version}.{ext}", v) == "https://s/example.com/app-1.aci"
+    assert (
+        render_template("https://s/{name}-{version}.{ext}", v) == "https://s/example.com/app-1.aci"
+    )
     assert render_template("https://s/{name}-{os}.{ext}", v) is None
     assert render_template("https://s/{x}", v) == "https://s/{os}"
 
 
 def test_parse_meta_of_the_spec_pages() -> None:
     assert parse_meta(meta(6)) == [
-        Meta("ac-discovery", "example.com",
-             f"{STORE}/{{name}}-{{version}}-{{os}}-{{arch}}.{{ext}}"),
+        Meta(
+            "ac-discovery", "example.com", f"{STORE}/{{name}}-{{version}}-{{os}}-{{arch}}.{{ext}}"
+        ),
         Meta("ac-discovery", "example.com", f"{STORE}/{{name}}-{{version}}.{{ext}}"),
-        Meta("ac-discovery", "example.com",
-             "hdfs://storage.example.com/{name}-{version}-{os}-{arch}.{ext}"),
+        Meta(
+            "ac-discovery",
+            "example.com",
+            "hdfs://storage.example.com/{name}-{version}-{os}-{arch}.{ext}",
+        ),
         Meta("ac-discovery-pubkeys", "example.com", "https://example.com/pubkeys.gpg"),
     ]
     assert parse_meta('<meta name="ac-discovery" content="only-one-field">') == []
@@ -203,7 +225,8 @@ def test_meta05_and_06_several_templates_in_order(pki: PKI, site: dict[str, Rout
         five = discover(app("example.com/five:1"), opts(srv))
         six = discover(app("example.com/six:1"), opts(srv))
     assert five.acis == [
-        f"{STORE}/example.com/five-1-linux-amd64.aci", f"{STORE}/example.com/five-1.aci",
+        f"{STORE}/example.com/five-1-linux-amd64.aci",
+        f"{STORE}/example.com/five-1.aci",
     ]
     assert five.signatures == [a + ".asc" for a in five.acis]
     # Other transports are returned too; the caller picks the schemes it can fetch.
@@ -218,7 +241,9 @@ def test_walks_up_the_name(pki: PKI, site: dict[str, Route]) -> None:
         ep = discover(app("example.com/project/subproject:1"), opts(srv))
     # subproject: 404, project: a page without tags, then the root.
     assert srv.paths == [
-        "/project/subproject?ac-discovery=1", "/project?ac-discovery=1", "/?ac-discovery=1",
+        "/project/subproject?ac-discovery=1",
+        "/project?ac-discovery=1",
+        "/?ac-discovery=1",
     ]
     assert ep.acis == [f"{STORE}/example.com/project/subproject-1-linux-amd64.aci"]
 
