@@ -343,6 +343,55 @@ class Systemd:
             raise _bus_error(name, text, method)
         return tuple(reply.body)
 
+    def call_many(
+        self,
+        calls: Sequence[tuple[DBusAddress, str, str | None, tuple[Any, ...]]],
+        *,
+        timeout: float = CALL_TIMEOUT,
+    ) -> list[tuple[Any, ...] | BusError]:
+        """Send several calls at once, then collect their replies (bodies, or the
+        BusError of an error reply), in order.
+
+        systemd handles a connection's messages in order; sent together, they are all
+        queued before it starts running the first one's jobs, and no round trip waits
+        behind those jobs.
+        """
+        replies: collections.deque[Any] = collections.deque()
+        serials: dict[int, int] = {}
+        with (
+            self.conn.filter(MatchRule(type="method_return"), queue=replies),
+            self.conn.filter(MatchRule(type="error"), queue=replies),
+        ):
+            for i, (address, method, signature, body) in enumerate(calls):
+                log.debug("bus: %s.%s%s", address.interface, method, _short(body))
+                serial = next(self.conn.outgoing_serial)
+                self.conn.send(new_method_call(address, method, signature, body), serial=serial)
+                serials[serial] = i
+            out: list[tuple[Any, ...] | BusError | None] = [None] * len(calls)
+            deadline = time.monotonic() + timeout
+            left = len(calls)
+            while left:
+                try:
+                    msg = self.conn.recv_until_filtered(
+                        replies, timeout=max(0.0, deadline - time.monotonic())
+                    )
+                except TimeoutError as e:
+                    raise SystemdError(
+                        f"no reply from systemd within {timeout:.0f} s",
+                        hint="is systemd running and responsive?",
+                    ) from e
+                i = serials.get(msg.header.fields.get(HeaderFields.reply_serial, -1), -1)
+                if i < 0 or out[i] is not None:
+                    continue  # another call's reply
+                if msg.header.message_type == MessageType.error:
+                    name = msg.header.fields.get(HeaderFields.error_name, "unknown")
+                    text = msg.body[0] if msg.body else ""
+                    out[i] = _bus_error(name, text, calls[i][1])
+                else:
+                    out[i] = tuple(msg.body)
+                left -= 1
+        return [r for r in out if r is not None]
+
     def manager_call(self, method: str, signature: str | None = None, *body: Any) -> Any:
         out = self.call(self._manager, method, signature, tuple(body))
         return out[0] if len(out) == 1 else out
@@ -483,18 +532,25 @@ class Systemd:
         queue: collections.deque[Any] = collections.deque()
         results: dict[str, JobResult] = {}
         with self.conn.filter(rule, queue=queue):
-            jobs: dict[str, str] = {}
-            for name, props, aux in units:
-                aux_encoded = [(n, encode_properties(p)) for n, p in aux]
-                job = self.manager_call(
+            calls = [
+                (
+                    self._manager,
                     "StartTransientUnit",
                     "ssa(sv)a(sa(sv))",
-                    name,
-                    mode,
-                    encode_properties(props),
-                    aux_encoded,
+                    (
+                        name,
+                        mode,
+                        encode_properties(props),
+                        [(n, encode_properties(p)) for n, p in aux],
+                    ),
                 )
-                jobs[str(job)] = name
+                for name, props, aux in units
+            ]
+            jobs: dict[str, str] = {}
+            for (name, _, _), reply in zip(units, self.call_many(calls), strict=True):
+                if isinstance(reply, BusError):
+                    raise reply
+                jobs[str(reply[0])] = name
             deadline = None if timeout is None else time.monotonic() + timeout
             while len(results) < len(jobs):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())

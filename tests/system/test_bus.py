@@ -191,3 +191,18 @@ def test_cli_version_reports_the_box_systemd() -> None:
     sd_version = subprocess.run(["systemctl", "--version"], capture_output=True, text=True)
     major = sd_version.stdout.split()[1]
     assert f"systemd {major}" in p.stdout
+
+
+def test_pipelined_calls_reply_in_order_with_their_errors(sd: Systemd) -> None:
+    manager = sd._manager
+    missing = f"podmgr-test-{uuid.uuid4().hex[:12]}.service"
+    replies = sd.call_many(
+        [
+            (manager, "GetUnit", "s", ("init.scope",)),
+            (manager, "GetUnit", "s", (missing,)),
+            (manager, "GetUnit", "s", ("-.slice",)),
+        ]
+    )
+    assert replies[0] == (systemd.unit_path("init.scope"),)
+    assert isinstance(replies[1], systemd.NoSuchUnitError) and missing in str(replies[1])
+    assert replies[2] == (systemd.unit_path("-.slice"),)
