@@ -10,7 +10,8 @@ the machine and host name, paths) and its metadata token, plus its creation time
 So after a full prepare, a copy of the fresh pod directory is kept as a template in
 ``pods/.templates/<key>/``, where ``key`` hashes every option of the pod spec, the image
 IDs the references resolved to, the state directory's path, podmgr's version, location and
-interpreter, and the environment
+interpreter, the host's resolv.conf and hosts when DNS or host options copy them, and the
+environment
 prepare reads (all of it with ``--inherit-env``). The next prepare with the same key
 resolves its image references in the store, copies the template (modes and owners
 kept) while replacing the template pod's identity by a new one in every file, re-checks
@@ -131,6 +132,24 @@ def _resolve(state: Path, spec: PodSpec) -> list[str] | None:
     return ids
 
 
+#: Host files prepare copies into a pod when --dns/--dns-search/--dns-opt or
+#: --hosts-entry=host ask for them (podmgr.network.resolv_conf and hosts_file).
+_HOST_FILES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf", "/etc/hosts")
+
+
+def _host_files(spec: PodSpec) -> dict[str, str | None]:
+    names = spec.names
+    if names is None or not (names.dns or names.dns_search or names.dns_opt or names.hosts_entries):
+        return {}
+    out: dict[str, str | None] = {}
+    for f in _HOST_FILES:
+        try:
+            out[f] = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        except OSError:
+            out[f] = None
+    return out
+
+
 def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
     doc = {
         # Paths into the state directory are everywhere in a pod's files.
@@ -143,6 +162,7 @@ def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
         "spec": dataclasses.asdict(dataclasses.replace(spec, fetch_options=None)),
         "ids": list(ids),
         "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},
+        "host_files": _host_files(spec),
     }
     raw = json.dumps(doc, sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:32]

@@ -80,3 +80,19 @@ def test_templates_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert podtemplate.enabled()
     monkeypatch.setenv("PODMGR_TEMPLATES", "0")
     assert not podtemplate.enabled()
+
+
+def test_host_files_copied_into_the_pod_are_part_of_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from podmgr.network import Names
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.1\n")
+    monkeypatch.setattr(podtemplate, "_HOST_FILES", (str(resolv),))
+    plain = podtemplate._key(S, SPEC, ["sha512-a"])
+    spec = dataclasses.replace(SPEC, names=Names(dns=("host",)))
+    key = podtemplate._key(S, spec, ["sha512-a"])
+    resolv.write_text("nameserver 192.0.2.2\n")
+    assert podtemplate._key(S, spec, ["sha512-a"]) != key
+    assert podtemplate._key(S, SPEC, ["sha512-a"]) == plain  # not read without the options
