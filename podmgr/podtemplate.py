@@ -150,15 +150,24 @@ def _host_files(spec: PodSpec) -> dict[str, str | None]:
     return out
 
 
+def _origin(module: str) -> str | None:
+    # Where a module would be imported from, without importing it.
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    return spec.origin if spec is not None else None
+
+
 def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
     doc = {
         # Paths into the state directory are everywhere in a pod's files.
         "state": os.path.abspath(state),
         "template": TEMPLATE_VERSION,
         "podmgr": __version__,
-        # The exit hook's command line (in plan.json) names both.
+        # The exit hook's command line (in plan.json) names these.
         "python": sys.executable,
         "package": os.path.dirname(os.path.abspath(__file__)),
+        "jeepney": _origin("jeepney"),
         "spec": dataclasses.asdict(dataclasses.replace(spec, fetch_options=None)),
         "ids": list(ids),
         "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},
