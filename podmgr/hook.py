@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,16 @@ def socket_activated(pdir: Path, app: str) -> bool:
     return False
 
 
+def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The app registered with machined as the pod's leader process (pod.json's apps).
+
+    machined stops a machine's unit when its leader process dies, so an app that systemd
+    restarts cannot lead: the first app without --restart does; a pod whose apps all
+    restart is not registered.
+    """
+    return next((a for a in apps if a.get("restart", "no") == "no"), None)
+
+
 def record_exit(
     pdir: Path,
     app: str,
@@ -135,8 +145,8 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
         # machinectl terminate stops the leader's unit, and that means the whole pod.
         # (PropagatesStopTo= would also fire when the leader merely exits.)
         stopped = code in ("killed", "dumped") and result == "success"
-        leader = next((a for a in apps if a.get("restart", "no") == "no"), None)
-        if stopped and leader is not None and leader["name"] == app:
+        lead = leader(apps)
+        if stopped and lead is not None and lead["name"] == app:
             sd.stop_unit(slice_unit, wait=False)
             return
         others = [a["unit"] for a in apps if a["name"] != app]

@@ -32,6 +32,7 @@ from podmgr.errors import (
     InvalidError,
     NotFoundError,
     PodmgrError,
+    SystemdError,
     UsageError,
     require_root,
 )
@@ -64,18 +65,25 @@ def write_plan(pdir: Path, batch: Batch, sysctls: Mapping[str, str]) -> None:
     atomic_write(pdir / "plan.json", json.dumps(doc, separators=(",", ":"), default=to_plain))
 
 
-def load_plan(pdir: Path) -> tuple[Batch, dict[str, str]] | None:
-    """The pod's start plan, or None if it has none this podmgr can replay."""
-    from podmgr.systemd import from_plain
-
+def _plan_doc(pdir: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((pdir / "plan.json").read_bytes())
+        doc: dict[str, Any] = json.loads((pdir / "plan.json").read_bytes())
     except FileNotFoundError:
         return None
     except ValueError as e:
         log.warning("pod %s: plan.json is corrupt (%s); planning again", pdir.name, e)
         return None
     if doc.get("version") != PLAN_VERSION or doc.get("podmgr") != __version__:
+        return None
+    return doc
+
+
+def load_plan(pdir: Path) -> tuple[Batch, dict[str, str]] | None:
+    """The pod's start plan, or None if it has none this podmgr can replay."""
+    from podmgr.systemd import from_plain
+
+    doc = _plan_doc(pdir)
+    if doc is None:
         return None
     batch: Batch = [
         (n, from_plain(p), [(an, from_plain(ap)) for an, ap in aux]) for n, p, aux in doc["units"]
@@ -109,7 +117,7 @@ def boot_id() -> str:
         return ""
 
 
-def _now() -> str:
+def timestamp() -> str:
     # The form pydantic writes for PodRecord's datetimes.
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -177,7 +185,7 @@ def start(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
     )
-    record["started"] = _now()
+    record["started"] = timestamp()
     record["boot_id"] = boot_id()
     atomic_write(pdir / "pod.json", json.dumps(record, indent=1))
     host = record.get("net", "host") == "host"
@@ -210,17 +218,8 @@ def start(
         raise
 
 
-def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The app registered with machined as the pod's leader process.
-
-    machined stops a machine's unit when its leader process dies, so an app that systemd
-    restarts cannot lead: the first app without --restart does; a pod whose apps all
-    restart is not registered.
-    """
-    return next((a for a in apps if a.get("restart", "no") == names.RestartPolicy.NO), None)
-
-
 def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
+    from podmgr.hook import leader
     from podmgr.systemd import SERVICE_IFACE, BusError, unit_path
 
     lead = leader(apps)
@@ -294,27 +293,24 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
 
 
 def _await_hooks(sd: Any, uuid: str, apps: Sequence[str], timeout: float = 30.0) -> None:
-    from podmgr.hook import alive
-    from podmgr.systemd import UNIT_IFACE, BusError, unit_path
+    from podmgr.systemd import BusError
 
-    units = [names.exit_hook_unit(uuid, a, failed=f) for a in apps for f in (False, True)]
     deadline = time.monotonic() + timeout
-    while units and time.monotonic() < deadline:
+    for unit in (names.exit_hook_unit(uuid, a, failed=f) for a in apps for f in (False, True)):
         try:
-            units = [u for u in units if alive(sd.get_all(unit_path(u), UNIT_IFACE))]
+            left = max(0.0, deadline - time.monotonic())
+            sd.wait_for_state(unit, timeout=left, idle=True)
         except BusError:
             return
-        if units:
-            time.sleep(0.005)
-    if units:
-        log.warning("pod %s: exit hooks still running: %s", uuid, ", ".join(units))
+        except SystemdError:
+            log.warning("pod %s: exit hook %s still running", uuid, unit)
 
 
 def _has_sockets(pdir: Path) -> bool:
-    planned = load_plan(pdir)
-    if planned is None:
+    doc = _plan_doc(pdir)
+    if doc is None:
         return True  # unknown: leave the network to the net unit
-    return any(n.endswith(".socket") for _, _, aux in planned[0] for n, _ in aux)
+    return any(n.endswith(".socket") for _, _, aux in doc["units"] for n, _ in aux)
 
 
 def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> None:

@@ -502,9 +502,3 @@ def pod_sysctls(manifest: Any) -> dict[str, str]:
         k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
     }
 
-
-def teardown_units(sd: Any, record: PodRecord) -> None:
-    """Stop a pod's slice and mounts (so its apps too) and reset what failed."""
-    launch.teardown_units(
-        sd, record.uuid, [a.rootfs_unit for a in record.apps], [a.unit for a in record.apps]
-    )

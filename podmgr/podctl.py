@@ -1,4 +1,7 @@
-"""Operating on pods after prepare: run attached, stop, status, list, rm, gc, exit hook.
+"""Operating on pods after prepare: waiting until ready, status, rm, gc.
+
+Starting, running attached, waiting for the end and stopping are :mod:`podmgr.launch`'s
+(no models on that path); listing is :mod:`podmgr.podlist`'s.
 
 A pod's state is derived, never stored: from its directory (prepared? started? marked as
 garbage? which boot?) and from systemd (are any of its app units still running?).
@@ -19,7 +22,7 @@ from typing import Any, ClassVar
 from podmgr import launch, names, podlist, podstate
 from podmgr.errors import ConflictError, SystemdError, UsageError, require_root
 from podmgr.podlist import PodState
-from podmgr.podstate import AppExit, PodRecord
+from podmgr.podstate import PodRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,6 @@ def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
     )
 
 
-def exit_status(ex: AppExit) -> int:
-    return launch.exit_status(ex.result, ex.status)
-
-
 def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
     """The first failing app's exit status, 0 if none failed, None if none exited."""
     return launch.pod_exit_code(pdir, [a.name for a in record.apps])
@@ -46,13 +45,6 @@ def pod_exit_code(pdir: Path, record: PodRecord) -> int | None:
 
 def _unit_states(sd: Any) -> dict[str, str]:
     return {u.name: u.active_state for u in sd.list_units([f"{names.UNIT_PREFIX}*.service"])}
-
-
-# ---- run attached ------------------------------------------------------------------------
-
-
-#: Re-exported: waiting for a pod is part of the start-up path (no pydantic there).
-wait = launch.wait
 
 
 def wait_ready(
@@ -65,12 +57,6 @@ def wait_ready(
     with systemd.connect(bus) as sd:
         for a in record.apps:
             sd.wait_for_state(a.unit, ("active", "inactive", "failed"), timeout=timeout)
-
-
-stop = launch.stop
-
-
-run_attached = launch.run_attached
 
 
 # ---- status and list -------------------------------------------------------------------

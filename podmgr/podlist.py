@@ -11,7 +11,6 @@ JSON, or is of a version newer than this podmgr knows, is skipped with a warning
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -21,13 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from podmgr import names
-from podmgr.errors import NotFoundError, SystemdError, UsageError
+from podmgr.errors import NotFoundError, PodmgrError, SystemdError, UsageError
 from podmgr.hook import RUNNING_STATES
 
-log = logging.getLogger(__name__)
+# One reader of pod.json without the models, one boot ID: podmgr.launch's.
+from podmgr.launch import POD_RECORD_VERSION as POD_RECORD_VERSION
+from podmgr.launch import boot_id, load_record
 
-#: The newest pod.json version this podmgr reads (``podstate.POD_RECORD_VERSION``).
-POD_RECORD_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class PodState(enum.StrEnum):
@@ -35,13 +35,6 @@ class PodState(enum.StrEnum):
     RUNNING = "running"
     EXITED = "exited"
     GARBAGE = "garbage"
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def derive_state(
@@ -137,9 +130,7 @@ class _Summary:
 
 def _summary(pods: Path, name: str) -> _Summary | None:
     try:
-        data = json.loads((pods / name / "pod.json").read_bytes())
-        if data.get("version", 0) > POD_RECORD_VERSION:
-            raise ValueError(f"version {data['version']} is newer than this podmgr reads")
+        data = load_record(pods / name)
         apps = data["apps"]
         return _Summary(
             uuid=data["uuid"],
@@ -151,8 +142,11 @@ def _summary(pods: Path, name: str) -> _Summary | None:
             garbage=_time(data.get("garbage")),
             boot=data.get("boot_id"),
         )
-    except FileNotFoundError:
+    except NotFoundError:
         return None  # removed while we listed
+    except PodmgrError as e:
+        log.warning("pod %s: skipped: %s", name, e.message)
+        return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("pod %s: skipped, its pod.json cannot be read: %s", name, e)
         return None

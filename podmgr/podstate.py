@@ -27,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from podmgr.errors import InvalidError, NotFoundError
 from podmgr.fsutil import atomic_write
+
+# The record's format version is shared with its readers that do without the models.
+from podmgr.launch import POD_RECORD_VERSION
 from podmgr.names import Bind, ExitPolicy, NetMode, RestartPolicy
 
 # Re-exported: finding pods needs no models (podmgr.podlist).
 from podmgr.podlist import all_uuids as all_uuids
 from podmgr.podlist import find as find
-
-POD_RECORD_VERSION = 1
 
 
 class _Record(BaseModel):
@@ -87,15 +88,6 @@ class PodRecord(_Record):
     user_annotations: dict[str, str] = {}
     user_labels: dict[str, str] = {}
 
-    def leader(self) -> AppRecord | None:
-        """The app registered with machined as the pod's leader process.
-
-        machined stops a machine's unit when its leader process dies, so an app that
-        systemd restarts cannot lead: the first app without --restart does; a pod whose
-        apps all restart is not registered.
-        """
-        return next((a for a in self.apps if a.restart is RestartPolicy.NO), None)
-
 
 class AppExit(_Record):
     name: str
@@ -121,13 +113,6 @@ def pod_dir(state: Path, uuid: str) -> Path:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def save(directory: Path, record: PodRecord) -> None:

@@ -44,13 +44,15 @@ import stat
 import sys
 import uuid as uuidlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from podmgr import __version__, names
+from podmgr import __version__, launch, names
 from podmgr.errors import PodmgrError, require_root
 from podmgr.podspec import PodSpec
+
+if TYPE_CHECKING:
+    from podmgr.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +82,24 @@ def templates_dir(state: Path) -> Path:
 def prepare(state: Path, spec: PodSpec) -> Prepared:
     """Prepare a pod: from a template when one fits, else the full way (and keep one)."""
     require_root("preparing a pod")
-    key = ids = None
+    from podmgr.store import Store
+
+    key = ids = store = None
     if enabled() and spec.pod_manifest is None:
-        ids = _resolve(state, spec)
-        if ids is not None:
+        with contextlib.suppress(PodmgrError):  # the full path reports it
+            store = Store.open(state)
+        ids = None if store is None else _resolve(store, spec)
+        if store is not None and ids is not None:
             key = _key(state, spec, ids)
-            hit = _clone(state, key)
+            hit = _clone(state, store, key)
             if hit is not None:
                 return hit
     from podmgr import pod
 
     record = pod.prepare(state, spec)
-    if key is not None and [a.image_id for a in record.apps] == ids:
+    if store is not None and key is not None and [a.image_id for a in record.apps] == ids:
         try:
-            _save(state, key, record)
+            _save(state, store, key, record)
         except (OSError, PodmgrError) as e:
             log.debug("pod %s not kept as a template: %s", record.uuid, e)
     return Prepared(record.uuid, [a.name for a in record.apps])
@@ -102,18 +108,16 @@ def prepare(state: Path, spec: PodSpec) -> Prepared:
 # ---- keys ---------------------------------------------------------------------------------
 
 
-def _resolve(state: Path, spec: PodSpec) -> list[str] | None:
+def _resolve(store: Store, spec: PodSpec) -> list[str] | None:
     """The stored image IDs the spec's references name, or None to take the full path."""
     from podmgr.fetch import ref_kind
     from podmgr.imagefetch import PullPolicy
-    from podmgr.store import Store
 
     policy = getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW)
     if policy is PullPolicy.UPDATE or not spec.apps:
         return None
     ids = []
     try:
-        store = Store.open(state)
         for a in spec.apps:
             if a.image.lower().startswith("sha512-"):
                 ids.append(store.resolve(a.image))
@@ -231,10 +235,7 @@ def _copy(src: Path, dst: Path, old: Sequence[bytes], new: Sequence[bytes]) -> N
 # ---- save and clone -----------------------------------------------------------------------
 
 
-def _save(state: Path, key: str, record: Any) -> None:
-    from podmgr.store import Store
-
-    store = Store.open(state)
+def _save(state: Path, store: Store, key: str, record: Any) -> None:
     ids = [a.image_id for a in record.apps]
     if any(store.dependency_closure(i) != [i] for i in ids):
         return
@@ -301,9 +302,8 @@ def _drop(tdir: Path, why: str) -> None:
     shutil.rmtree(tdir, ignore_errors=True)
 
 
-def _clone(state: Path, key: str) -> Prepared | None:
+def _clone(state: Path, store: Store, key: str) -> Prepared | None:
     from podmgr import metadata, rootfs
-    from podmgr.store import Store
 
     tdir = templates_dir(state) / key
     try:
@@ -322,8 +322,7 @@ def _clone(state: Path, key: str) -> Prepared | None:
     token = secrets.token_urlsafe(24)
     pods = state / "pods"
     tmp = pods / f".prep-{uuid}"
-    store = None
-    registered = False
+    pinned = registered = False
     try:
         _copy(
             tdir,
@@ -333,11 +332,11 @@ def _clone(state: Path, key: str) -> Prepared | None:
         )
         (tmp / "template.json").unlink()
         record = json.loads((tmp / "pod.json").read_bytes())
-        record["created"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        record["created"] = launch.timestamp()
         from podmgr.fsutil import atomic_write
 
         atomic_write(tmp / "pod.json", json.dumps(record, indent=1))
-        store = Store.open(state)
+        pinned = True  # pin() may fail half-way: unpin either way
         store.pin(uuid, meta["ids"], dependencies=False)
         metadata.register(state, uuid, token)
         registered = True
@@ -346,7 +345,7 @@ def _clone(state: Path, key: str) -> Prepared | None:
         shutil.rmtree(tmp, ignore_errors=True)
         if registered:
             metadata.unregister(state, token)
-        if store is not None:
+        if pinned:
             with contextlib.suppress(Exception):
                 store.unpin(uuid)
         if isinstance(e, (OSError, PodmgrError, _NotCopyable, KeyError, ValueError)):

@@ -285,7 +285,7 @@ class JobResult(NamedTuple):
 #: Properties read for a unit's status (Unit and Service interfaces).
 # fmt: off
 STATUS_PROPERTIES = (
-    "Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode",
+    "Id", "LoadState", "ActiveState", "SubState", "Job", "Result", "MainPID", "ExecMainCode",
     "ExecMainStatus", "ExecMainPID", "NRestarts", "ActiveEnterTimestamp",
     "ActiveExitTimestamp", "InactiveEnterTimestamp", "ExecMainStartTimestamp",
     "ExecMainExitTimestamp", "MemoryCurrent", "CPUUsageNSec", "TasksCurrent", "ControlGroup",
@@ -328,20 +328,10 @@ class Systemd:
         timeout: float = CALL_TIMEOUT,
     ) -> tuple[Any, ...]:
         """Call a method and return the reply's body; raise BusError on an error reply."""
-        log.debug("bus: %s.%s%s", address.interface, method, _short(body))
-        msg = new_method_call(address, method, signature, body)
-        try:
-            reply = self.conn.send_and_get_reply(msg, timeout=timeout)
-        except TimeoutError as e:
-            raise SystemdError(
-                f"{method}: no reply from systemd within {timeout:.0f} s",
-                hint="is systemd running and responsive?",
-            ) from e
-        if reply.header.message_type == MessageType.error:
-            name = reply.header.fields.get(HeaderFields.error_name, "unknown")
-            text = reply.body[0] if reply.body else ""
-            raise _bus_error(name, text, method)
-        return tuple(reply.body)
+        (reply,) = self.call_many([(address, method, signature, body)], timeout=timeout)
+        if isinstance(reply, BusError):
+            raise reply
+        return reply
 
     def call_many(
         self,
@@ -350,7 +340,7 @@ class Systemd:
         timeout: float = CALL_TIMEOUT,
     ) -> list[tuple[Any, ...] | BusError]:
         """Send several calls at once, then collect their replies (bodies, or the
-        BusError of an error reply), in order.
+        BusError of an error reply), in order. Every call goes through here.
 
         systemd handles a connection's messages in order; sent together, they are all
         queued before it starts running the first one's jobs, and no round trip waits
@@ -376,8 +366,9 @@ class Systemd:
                         replies, timeout=max(0.0, deadline - time.monotonic())
                     )
                 except TimeoutError as e:
+                    method = calls[out.index(None)][1]
                     raise SystemdError(
-                        f"no reply from systemd within {timeout:.0f} s",
+                        f"{method}: no reply from systemd within {timeout:.0f} s",
                         hint="is systemd running and responsive?",
                     ) from e
                 i = serials.get(msg.header.fields.get(HeaderFields.reply_serial, -1), -1)
@@ -614,8 +605,10 @@ class Systemd:
         done: Iterable[str] = ("inactive", "failed"),
         *,
         timeout: float | None = None,
+        idle: bool = False,
     ) -> dict[str, Any]:
-        """Block until the unit's ActiveState is one of ``done``; return its status.
+        """Block until the unit's ActiveState is one of ``done`` (with ``idle``, also
+        with no job queued: a unit about to start reads as inactive); return its status.
 
         Matches PropertiesChanged on the unit before reading the state, so no
         transition is missed.
@@ -632,7 +625,8 @@ class Systemd:
         with self.conn.filter(rule, queue=queue):
             while True:
                 status = self.unit_status(unit)
-                if status.get("ActiveState") in wanted:
+                job = status.get("Job")
+                if status.get("ActiveState") in wanted and not (idle and job and job[0]):
                     return status
                 while True:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())

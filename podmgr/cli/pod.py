@@ -430,12 +430,12 @@ def status(
     ctx: Ctx, wait_: str | None, wait_ready: str | None, uuid_file: Path | None, uuid: str | None
 ) -> None:
     """Show a pod's state, its apps, exit codes, restarts, PIDs, memory and CPU."""
-    from podmgr import podctl
+    from podmgr import launch, podctl
 
     u = _uuid(ctx, uuid, uuid_file)
     if wait_ is not None:
         timeout = None if wait_ == "inf" else podctl.parse_duration(wait_).total_seconds()
-        podctl.wait(ctx.dir, u, bus=ctx.bus, timeout=timeout)
+        launch.wait(ctx.dir, u, bus=ctx.bus, timeout=timeout)
     if wait_ready is not None:
         timeout = None if wait_ready == "inf" else podctl.parse_duration(wait_ready).total_seconds()
         podctl.wait_ready(ctx.dir, u, bus=ctx.bus, timeout=timeout)
