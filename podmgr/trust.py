@@ -545,9 +545,14 @@ def _infos(keys: Iterable[TrustedKey]) -> dict[Path, KeyInfo]:
     """Parse key files with one gpg run; a file that does not parse is left out."""
     keys = list(keys)
     with GnupgHome() as gpg:
-        out = gpg("--show-keys", *[k.path for k in keys], check=False).stdout
-    by_fpr = {i.fingerprint: i for i in parse_colons(out)}
+        by_fpr = _show_keys(gpg, [k.path for k in keys])
     return {k.path: by_fpr[k.fingerprint] for k in keys if k.fingerprint in by_fpr}
+
+
+def _show_keys(gpg: Gpg, paths: Iterable[Path]) -> dict[str, KeyInfo]:
+    """The keys in these files as gpg reads them now, by primary fingerprint."""
+    out = gpg("--show-keys", *paths, check=False).stdout
+    return {i.fingerprint: i for i in parse_colons(out)}
 
 
 def _with_uids(keys: list[TrustedKey]) -> list[TrustedKey]:
@@ -615,8 +620,7 @@ def _usable_keys(keys: list[TrustedKey], gpg: Gpg) -> dict[str, tuple[TrustedKey
         unique.setdefault(k.fingerprint, k)  # trusted for root and a prefix: once
     if not unique:
         return {}
-    out = gpg("--show-keys", *[k.path for k in unique.values()], check=False).stdout
-    infos = {i.fingerprint: i for i in parse_colons(out)}
+    infos = _show_keys(gpg, [k.path for k in unique.values()])
     return {f: (k, infos[f]) for f, k in unique.items() if f in infos}
 
 
