@@ -1,9 +1,10 @@
 """The exit hook: ``python3 -S -m podmgr.hook STATE_DIR UUID APP``.
 
-Runs as an app's OnSuccess=/OnFailure= unit once systemd will not restart the app. It
-records the app's exit from ``$MONITOR_SERVICE_RESULT``, ``$MONITOR_EXIT_CODE`` and
-``$MONITOR_EXIT_STATUS`` in ``apps/<app>/exit.json`` and applies the pod's exit policy by
-stopping the pod's slice.
+Runs as an app's OnSuccess=/OnFailure= unit once systemd will not restart the app, unless
+``podmgr run`` is attached to the pod and does the same itself (see
+:func:`podmgr.units.exit_hook_properties`). It records the app's exit from
+``$MONITOR_SERVICE_RESULT``, ``$MONITOR_EXIT_CODE`` and ``$MONITOR_EXIT_STATUS`` in
+``apps/<app>/exit.json`` and applies the pod's exit policy by stopping the pod's slice.
 
 It imports only the standard library and jeepney (through :mod:`podmgr.systemd`), and
 runs with ``-S`` and an explicit PYTHONPATH: it is on the path of every pod's exit, and
@@ -119,7 +120,9 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
     with systemd.connect(bus) as sd:
         props: Mapping[str, Any] = {}
         with contextlib.suppress(SystemdError):
-            props = sd.unit_properties(me["unit"], ["NRestarts", "ActiveState", "Job"])
+            props = sd.read_properties([me["unit"]], ("NRestarts", "ActiveState", "Job"))[
+                me["unit"]
+            ]
         restarts = props.get("NRestarts")
         if alive(props):
             # systemd 252 also fires OnSuccess= when it restarts a unit, so the app is not
@@ -135,26 +138,42 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
             restarts = final.get("NRestarts", restarts)
         record_exit(pdir, app, (result, code, status, sig), restarts)
         slice_unit = names.pod_slice(uuid)
-        if sd.unit_status(slice_unit).get("ActiveState") in ("deactivating", "inactive"):
+        slice_state = sd.read_properties([slice_unit], ("ActiveState",))[slice_unit]
+        if slice_state["ActiveState"] in ("deactivating", "inactive"):
             return  # the pod is being stopped as a whole
         if socket_activated(pdir, app):
-            # The app has ended for good: close its socket-activated ports, so that
-            # traffic cannot start it again behind the exit policy's back.
-            with contextlib.suppress(SystemdError):
-                sd.stop_unit(me["unit"].removesuffix(".service") + ".socket", wait=False)
-        # machinectl terminate stops the leader's unit, and that means the whole pod.
-        # (PropagatesStopTo= would also fire when the leader merely exits.)
-        stopped = code in ("killed", "dumped") and result == "success"
-        lead = leader(apps)
-        if stopped and lead is not None and lead["name"] == app:
-            sd.stop_unit(slice_unit, wait=False)
-            return
+            close_sockets(sd, me["unit"])
         others = [a["unit"] for a in apps if a["name"] != app]
-        running = [u for u in others if alive(sd.unit_properties(u, ["ActiveState", "Job"]))]
+        states = sd.read_properties(others, ("ActiveState", "Job")).values()
         policy = record.get("exit_policy", "on-any-failure")
-        failed = result != "success"
-        if not running or policy == "on-any" or (policy == "on-any-failure" and failed):
+        if stops_pod(apps, app, (result, code, status, sig), any(map(alive, states)), policy):
             sd.stop_unit(slice_unit, wait=False)
+
+
+def close_sockets(sd: Any, unit: str) -> None:
+    """The app has ended for good: close its socket-activated ports, so that traffic
+    cannot start it again behind the exit policy's back."""
+    with contextlib.suppress(SystemdError):
+        sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
+
+
+def stops_pod(
+    apps: Sequence[Mapping[str, Any]],
+    app: str,
+    exit: tuple[str, str | None, int | None, str | None],
+    others_running: bool,
+    policy: str,
+) -> bool:
+    """Whether an app's end for good ends its pod (pod.json's apps; ``exit`` as from
+    :func:`parse_exit`): by the exit policy, or because it was the leader, which
+    ``machinectl terminate`` stops, and that means the whole pod. (PropagatesStopTo=
+    would also fire when the leader merely exits.)"""
+    result, code, _status, _sig = exit
+    lead = leader(apps)
+    if code in ("killed", "dumped") and result == "success" and lead and lead["name"] == app:
+        return True
+    failed = result != "success"
+    return not others_running or policy == "on-any" or (policy == "on-any-failure" and failed)
 
 
 def main(argv: list[str]) -> int:

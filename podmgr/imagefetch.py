@@ -43,88 +43,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from podmgr.errors import InvalidError, NetworkError, NotFoundError, PodmgrError, UsageError
+from podmgr.errors import InvalidError, NetworkError, NotFoundError, PodmgrError
 
 if TYPE_CHECKING:
     from podmgr.fetch.discovery import AppString
-    from podmgr.fetch.http import FetchOptions
     from podmgr.store import Store
-    from podmgr.trust import SignatureCheck, TrustStore, UntrustedError
+    from podmgr.trust import SignatureCheck, UntrustedError
+
+# Re-exported: the fetch options, kept light in podmgr.fetch, are part of this API.
+from podmgr.fetch import FetchConfig as FetchConfig
+from podmgr.fetch import Insecure as Insecure
+from podmgr.fetch import Progress as Progress
+from podmgr.fetch import PullPolicy as PullPolicy
+from podmgr.fetch import parse_insecure as parse_insecure
 
 log = logging.getLogger(__name__)
 
 #: Dependency chains longer than this are refused (they are cycles in practice).
 MAX_DEPTH = 32
-
-
-class PullPolicy(enum.StrEnum):
-    NEW = "new"
-    UPDATE = "update"
-    NEVER = "never"
-
-
-class Insecure(enum.StrEnum):
-    IMAGE = "image"
-    HTTP = "http"
-    TLS = "tls"
-    ALL = "all"
-
-
-def parse_insecure(value: str | Iterable[str]) -> frozenset[Insecure]:
-    """``"http,tls"`` → {HTTP, TLS}; ``all`` means every one; ``none`` or "" nothing."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: set[Insecure] = set()
-    for item in (i.strip().lower() for i in items):
-        if item in ("", "none"):
-            continue
-        try:
-            out.add(Insecure(item))
-        except ValueError:
-            known = ", ".join(i.value for i in Insecure)
-            raise UsageError(
-                f"unknown --insecure-options value {item!r}", hint=f"use one or more of: {known}"
-            ) from None
-    if Insecure.ALL in out:
-        out.update(Insecure)
-    return frozenset(out)
-
-
-class Progress(Protocol):
-    def __call__(self, done: int, total: int | None) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class FetchConfig:
-    pull_policy: PullPolicy = PullPolicy.NEW
-    insecure: frozenset[Insecure] = frozenset()
-    #: ref -> signature path or URL, for the references given by the user.
-    signatures: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: None: :func:`podmgr.trust.default_store` (honours ``$PODMGR_TRUST_DIR``).
-    trust: TrustStore | None = None
-    #: label -> a progress callback (the CLI draws a bar on a terminal).
-    progress: Callable[[str], Progress] | None = None
-    #: Timeouts etc.; allow_http/insecure_tls are set from ``insecure``.
-    http: FetchOptions | None = None
-
-    def fetch_options(self) -> FetchOptions:
-        from podmgr.fetch.http import FetchOptions
-
-        base = self.http or FetchOptions()
-        return dataclasses.replace(
-            base,
-            allow_http=base.allow_http or Insecure.HTTP in self.insecure,
-            insecure_tls=base.insecure_tls or Insecure.TLS in self.insecure,
-        )
 
 
 @dataclasses.dataclass
@@ -164,6 +106,8 @@ def fetch_images(
 
 
 def _download_name(url: str) -> str:
+    import hashlib
+
     return "dl-" + hashlib.sha256(url.encode()).hexdigest()[:32]
 
 

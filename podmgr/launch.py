@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -252,25 +253,72 @@ def teardown_units(
             sd.reset_failed_unit(name)
 
 
+#: How long ``run`` waits for a pod to end before it follows the pod's output.
+FOLLOW_AFTER = 0.1
+
+
 # ---- wait and run attached ----------------------------------------------------------------
 
 
-def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | None = None) -> int:
-    """Block until every app of the pod has ended; return the pod's exit code."""
+def wait(
+    state: Path,
+    uuid: str,
+    *,
+    bus: str | None = None,
+    timeout: float | None = None,
+    attached: bool = False,
+    starting: Callable[[], object] | None = None,
+    meanwhile: Callable[[], object] | None = None,
+) -> int:
+    """Block until every app of the pod has ended; return the pod's exit code.
+
+    ``starting``: called once the apps are watched, to start them; then no app's exit
+    can be missed, however soon it comes. ``attached``: the caller holds the pod's
+    attach lock (:func:`attach`), so the exit hooks leave the pod to it: record each
+    app's end and apply the exit policy here, as the hook would (:mod:`podmgr.hook`).
+    ``meanwhile``: run in a thread once every app has ended, beside the pod's teardown
+    (``run``'s last lines of output); it must handle its own errors."""
     from podmgr import systemd
-    from podmgr.hook import exit_from_unit, record_exit
+    from podmgr.hook import (
+        alive,
+        close_sockets,
+        exit_from_unit,
+        record_exit,
+        socket_activated,
+        stops_pod,
+    )
 
     pdir = state / "pods" / uuid
     record = load_record(pdir)
     apps = record["apps"]
+    by_unit = {a["unit"]: a for a in apps}
+    slice_unit = names.pod_slice(uuid)
+    policy = record.get("exit_policy", "on-any-failure")
+    stopping = False
     with systemd.connect(bus) as sd:
-        for a in apps:
-            final = sd.wait_for_state(a["unit"], timeout=timeout)
+        left = dict(by_unit)
+        # idle: an app whose start (or restart) job is queued has not ended.
+        exits = sd.watch(list(by_unit), timeout=timeout, idle=True)
+        if starting is not None:
+            starting()
+        for unit, final in exits:
+            a = left.pop(unit)
+            ex = exit_from_unit(final)
             # What the app's exit hook records from the same properties; whichever of
-            # the two comes first writes it. Not waiting for the hook (a process systemd
-            # starts once the app is gone) saves its start-up here.
+            # the two comes first writes it.
             with contextlib.suppress(OSError):
-                record_exit(pdir, a["name"], exit_from_unit(final), final.get("NRestarts"))
+                record_exit(pdir, a["name"], ex, final.get("NRestarts"))
+            if attached and left and not stopping:
+                if socket_activated(pdir, a["name"]):
+                    close_sockets(sd, unit)
+                states = sd.read_properties(list(left), ("ActiveState", "Job")).values()
+                if stops_pod(apps, a["name"], ex, any(map(alive, states)), policy):
+                    sd.stop_unit(slice_unit, wait=False)
+                    stopping = True
+        tail = None
+        if meanwhile is not None:
+            tail = threading.Thread(target=meanwhile, name="meanwhile")
+            tail.start()
         # No app is left, so the pod is done, whatever its exit policy: stop its slice
         # (its mounts and network go with it), as the last exit hook would. The network
         # goes first, here: the net unit's ExecStop= then finds nothing to do and
@@ -284,26 +332,47 @@ def wait(state: Path, uuid: str, *, bus: str | None = None, timeout: float | Non
             except PodmgrError as e:
                 log.info("pod %s: %s; the net unit retries", uuid, e.message)
         with contextlib.suppress(systemd.NoSuchUnitError):
-            sd.stop_unit(names.pod_slice(uuid))
-        # The exit hooks, started when their apps ended, ran meanwhile; once they are
-        # done nothing of the pod's is left running.
-        _await_hooks(sd, uuid, [a["name"] for a in apps])
+            sd.stop_unit(slice_unit)
+        # Exit hooks started when their apps ended (unless skipped while attached); once
+        # they are done nothing of the pod's is left running.
+        _await_hooks(sd, uuid)
+        if tail is not None:
+            tail.join()
     code = pod_exit_code(pdir, [a["name"] for a in apps])
     return 0 if code is None else code
 
 
-def _await_hooks(sd: Any, uuid: str, apps: Sequence[str], timeout: float = 30.0) -> None:
+def _await_hooks(sd: Any, uuid: str, timeout: float = 30.0) -> None:
     from podmgr.systemd import BusError
 
-    deadline = time.monotonic() + timeout
-    for unit in (names.exit_hook_unit(uuid, a, failed=f) for a in apps for f in (False, True)):
+    pattern = f"{names.UNIT_PREFIX}exit*-{names.pod_hex(uuid)}-*.service"
+    try:
+        busy = [
+            u.name for u in sd.list_units([pattern]) if u.active_state != "inactive" or u.job_id
+        ]
+        if busy:
+            for _unit, _props in sd.watch(busy, timeout=timeout, idle=True):
+                pass
+    except BusError:
+        return
+    except SystemdError:
+        log.warning("pod %s: exit hooks still running", uuid)
+
+
+@contextlib.contextmanager
+def attach(pdir: Path) -> Iterator[None]:
+    """Hold the pod's attach lock (see :func:`wait`); the kernel drops it with us."""
+    import fcntl
+
+    fd = os.open(pdir / names.ATTACH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
         try:
-            left = max(0.0, deadline - time.monotonic())
-            sd.wait_for_state(unit, timeout=left, idle=True)
-        except BusError:
-            return
-        except SystemdError:
-            log.warning("pod %s: exit hook %s still running", uuid, unit)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConflictError(f"pod {pdir.name} is attached already") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _has_sockets(pdir: Path) -> bool:
@@ -341,30 +410,73 @@ def run_attached(
 ) -> int:
     """Start a prepared pod, stream its apps' output, and return its exit code.
 
+    Attached (:func:`attach`): this applies the pod's exit policy, not the exit hooks.
     Ctrl-C or SIGTERM stops the pod (then returns 130)."""
     from podmgr import journal
 
-    # Follow from a point in time, not from the journal's tail: journalctl -f that starts
-    # at the tail misses entries written while it sets up.
+    # The output is followed (journalctl -f) only once the pod has run FOLLOW_AFTER: a
+    # pod that is done by then gets one read at the end, and no follower competes with
+    # systemd for the CPU while the pod starts. The follower starts from a point in time
+    # before the pod's start, not from the journal's tail, so nothing is lost.
     since = f"@{int(time.time()) - 1}"
-    follower = journal.Follower(uuid, since=since, all_lines=True) if follow_logs else None
-    thread = None
-    if follower is not None:
-        f = follower
+    lock = threading.Lock()
+    follower: journal.Follower | None = None
+    pump: threading.Thread | None = None
+    tailed = False
 
-        def pump() -> None:
-            for e in f:
-                emit(e)
+    def follow() -> None:
+        nonlocal follower, pump
+        with lock:
+            if tailed:
+                return
+            f = follower = journal.Follower(uuid, since=since, all_lines=True)
 
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
+            def forward() -> None:
+                for e in f:
+                    emit(e)
+
+            pump = threading.Thread(target=forward, daemon=True)
+            pump.start()
+
+    timer = threading.Timer(FOLLOW_AFTER, follow) if follow_logs else None
+
+    def tail() -> None:
+        # Once: beside the pod's teardown, or after an interruption. journalctl -f shows
+        # new entries up to 250 ms late (journald batches its change notifications), so
+        # the last lines come from a read of their own, after journald has written out
+        # what the apps logged.
+        nonlocal tailed
+        with lock:
+            if tailed or timer is None:
+                return
+            tailed = True
+            timer.cancel()
+        try:
+            journal.sync()
+        except PodmgrError as e:
+            log.warning("%s", e.message)
+        after = None
+        if follower is not None:
+            follower.close()
+            if pump is not None:
+                pump.join(timeout=5)
+            after = follower.cursor
+        with contextlib.suppress(Exception):
+            for entry in journal.read(uuid, after_cursor=after, since=None if after else since):
+                emit(entry)
+
+    def starting() -> None:
+        start(state, uuid, bus=bus)
+        # Under systemd (a podmgr-generator unit, Type=notify): every app's start job is
+        # done.
+        sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
+        if timer is not None:
+            timer.start()
+
     interrupted = False
     try:
-        start(state, uuid, bus=bus)
-        # Under systemd (a podmgr-generator unit, Type=notify): every app's start job
-        # is done.
-        sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
-        code = wait(state, uuid, bus=bus)
+        with attach(state / "pods" / uuid):
+            code = wait(state, uuid, bus=bus, attached=True, starting=starting, meanwhile=tail)
         sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
@@ -373,18 +485,7 @@ def run_attached(
             stop(state, uuid, bus=bus)
         code = 130
     finally:
-        if follower is not None:
-            journal.sync()
-            follower.close()
-            if thread is not None:
-                thread.join(timeout=5)
-            with contextlib.suppress(Exception):
-                for e in (
-                    journal.read(uuid, after_cursor=follower.cursor)
-                    if follower.cursor
-                    else (journal.read(uuid))
-                ):
-                    emit(e)
+        tail()
     if interrupted:
         raise Interrupted("interrupted; the pod was stopped")
     return code

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import json
 import logging
 import os
 import re
-import secrets
 import socket
 import threading
 import time
@@ -168,6 +166,8 @@ def lookup(state: Path, token: str) -> PodRecord | None:
         record = podstate.load(podstate.pod_dir(state, uuid))
     except Exception:
         return None
+    import hmac
+
     if record.uuid != uuid or not hmac.compare_digest(record.metadata_token, token):
         return None
     return record
@@ -187,7 +187,7 @@ def load_key(state: Path) -> bytes:
     tmp = path.with_name(f".hmac.key.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, secrets.token_bytes(KEY_BYTES))
+        os.write(fd, os.urandom(KEY_BYTES))
         os.fsync(fd)
         os.close(fd)
         # link(), unlike rename(), never replaces a key another process made meanwhile.
@@ -238,6 +238,7 @@ def sign(key: bytes, uuid: str, content: bytes) -> str:
 def verify(key: bytes, uuid: str, content: bytes, signature: str) -> bool:
     import base64
     import binascii
+    import hmac
 
     try:
         sig = base64.b64decode(signature, validate=True)

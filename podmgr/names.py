@@ -33,6 +33,13 @@ def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
     return f"{UNIT_PREFIX}{kind}-{pod_hex(uuid)}-{app}.service"
 
 
+#: The file in a pod's directory that ``podmgr run`` holds flock(2)ed while attached:
+#: the exit hooks then leave the pod to it (see :mod:`podmgr.hook`).
+ATTACH_LOCK = "attached.lock"
+#: flock(1) (util-linux), which the exit hooks' ExecCondition= runs.
+FLOCK = "/usr/bin/flock"
+
+
 def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from podmgr import launch, metadata, podstate, rootfs, units
 from podmgr.errors import InvalidError, UsageError, require_root
+from podmgr.names import ATTACH_LOCK
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
 
@@ -409,6 +410,7 @@ def plan(
         net=record.net,
         exit_hook=hook_argv,
         exit_hook_env=hook_env,
+        attach_lock=str(pdir / ATTACH_LOCK),
         shm_dir=str(pdir / "shm"),
         metadata_url=metadata.metadata_url(record),
         netns_path=None if record.net is NetMode.HOST else network_netns(record.uuid),

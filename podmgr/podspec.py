@@ -44,7 +44,7 @@ class PodSpec:
     networks: tuple[str, ...] = ("default",)
     #: --port, as the pod manifest's exposed ports: {"name", "hostPort"[, "hostIP"]}.
     ports: list[dict[str, Any]] = field(default_factory=list)
-    names: Any = None  # podmgr.network.Names: --dns, --hosts-entry, --hostname, …
+    names: Any = None  # podmgr.netspec.Names: --dns, --hosts-entry, --hostname, …
     user_annotations: dict[str, str] = field(default_factory=dict)
     user_labels: dict[str, str] = field(default_factory=dict)
     pod_manifest: Path | None = None

@@ -8,7 +8,7 @@ only in the pod's identity: its UUID (and the names podmgr derives from it: unit
 the machine and host name, paths) and its metadata token, plus its creation time.
 
 So after a full prepare, a copy of the fresh pod directory is kept as a template in
-``pods/.templates/<key>/``, where ``key`` hashes every option of the pod spec, the image
+``pods/.templates/<key>/``, where ``key`` names every option of the pod spec, the image
 IDs the references resolved to, the state directory's path, podmgr's version, location and
 interpreter, the host's resolv.conf and hosts when DNS or host options copy them, and the
 environment
@@ -32,17 +32,17 @@ kept (least recently used go). ``PODMGR_TEMPLATES=0`` turns templates off.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import stat
 import sys
 import uuid as uuidlib
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,8 +110,7 @@ def prepare(state: Path, spec: PodSpec) -> Prepared:
 
 def _resolve(store: Store, spec: PodSpec) -> list[str] | None:
     """The stored image IDs the spec's references name, or None to take the full path."""
-    from podmgr.fetch import ref_kind
-    from podmgr.imagefetch import PullPolicy
+    from podmgr.fetch import PullPolicy, ref_kind
 
     policy = getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW)
     if policy is PullPolicy.UPDATE or not spec.apps:
@@ -146,6 +145,8 @@ def _host_files(spec: PodSpec) -> dict[str, str | None]:
     if names is None or not (names.dns or names.dns_search or names.dns_opt or names.hosts_entries):
         return {}
     out: dict[str, str | None] = {}
+    import hashlib
+
     for f in _HOST_FILES:
         try:
             out[f] = hashlib.sha256(Path(f).read_bytes()).hexdigest()
@@ -162,7 +163,15 @@ def _origin(module: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    #: The template's directory: a checksum of ``text``, which template.json keeps, so a
+    #: collision is a miss. (Not hashlib: OpenSSL's import alone costs 5 ms per run.)
+    name: str
+    text: str
+
+
+def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> _Key:
     doc = {
         # Paths into the state directory are everywhere in a pod's files.
         "state": os.path.abspath(state),
@@ -177,8 +186,14 @@ def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> str:
         "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},
         "host_files": _host_files(spec),
     }
-    raw = json.dumps(doc, sort_keys=True, default=str).encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    text = json.dumps(doc, sort_keys=True, default=str)
+    raw = text.encode()
+    return _Key(f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}{len(raw):x}", text)
+
+
+def _token() -> str:
+    # secrets.token_urlsafe(24), without importing secrets (and with it OpenSSL's hashlib).
+    return base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"=").decode()
 
 
 # ---- identity -----------------------------------------------------------------------------
@@ -235,7 +250,7 @@ def _copy(src: Path, dst: Path, old: Sequence[bytes], new: Sequence[bytes]) -> N
 # ---- save and clone -----------------------------------------------------------------------
 
 
-def _save(state: Path, store: Store, key: str, record: Any) -> None:
+def _save(state: Path, store: Store, key: _Key, record: Any) -> None:
     ids = [a.image_id for a in record.apps]
     if any(store.dependency_closure(i) != [i] for i in ids):
         return
@@ -243,13 +258,14 @@ def _save(state: Path, store: Store, key: str, record: Any) -> None:
     host_sources = [v["source"] for v in manifest.get("volumes", []) if v.get("kind") == "host"]
     tdir = templates_dir(state)
     tdir.mkdir(mode=0o700, exist_ok=True)
-    tmp = tdir / f".tmp-{secrets.token_hex(8)}"
+    tmp = tdir / f".tmp-{os.urandom(8).hex()}"
     try:
         identity = _identity(record.uuid, record.metadata_token)
         _copy(state / "pods" / record.uuid, tmp, identity, identity)
         meta = {
             "version": TEMPLATE_VERSION,
             "podmgr": __version__,
+            "key": key.text,
             "uuid": record.uuid,
             "token": record.metadata_token,
             "ids": ids,
@@ -258,7 +274,7 @@ def _save(state: Path, store: Store, key: str, record: Any) -> None:
             "host_sources": host_sources,
         }
         (tmp / "template.json").write_text(json.dumps(meta))
-        final = tdir / key
+        final = tdir / key.name
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -302,10 +318,10 @@ def _drop(tdir: Path, why: str) -> None:
     shutil.rmtree(tdir, ignore_errors=True)
 
 
-def _clone(state: Path, store: Store, key: str) -> Prepared | None:
+def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
     from podmgr import metadata, rootfs
 
-    tdir = templates_dir(state) / key
+    tdir = templates_dir(state) / key.name
     try:
         meta = json.loads((tdir / "template.json").read_bytes())
     except (OSError, ValueError):
@@ -313,13 +329,15 @@ def _clone(state: Path, store: Store, key: str) -> Prepared | None:
     if meta.get("version") != TEMPLATE_VERSION or meta.get("podmgr") != __version__:
         _drop(tdir, "made by another podmgr")
         return None
+    if meta.get("key") != key.text:
+        return None  # another key's checksum: this prepare's template replaces it
     if not all(Path(p).is_dir() for p in meta["lowers"]):
         _drop(tdir, "an image's tree is gone")
         return None
     for source in meta["host_sources"]:
         rootfs.check_host_source(source)  # the error the full path would give
     uuid = str(uuidlib.uuid4())
-    token = secrets.token_urlsafe(24)
+    token = _token()
     pods = state / "pods"
     tmp = pods / f".prep-{uuid}"
     pinned = registered = False
@@ -354,7 +372,7 @@ def _clone(state: Path, store: Store, key: str) -> Prepared | None:
         raise
     with contextlib.suppress(OSError):
         os.utime(tdir)  # recently used
-    log.debug("pod %s prepared from template %s", uuid, key)
+    log.debug("pod %s prepared from template %s", uuid, key.name)
     return Prepared(uuid, list(meta["apps"]))
 
 

@@ -48,11 +48,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import sqlite3
 import time
@@ -169,6 +167,8 @@ class GCReport:
 
 
 def tree_key(layers: Sequence[Layer]) -> str:
+    import hashlib
+
     return hashlib.sha256("\n".join(layer.image_id for layer in layers).encode()).hexdigest()
 
 
@@ -335,7 +335,7 @@ class Store:
     @contextlib.contextmanager
     def workdir(self) -> Iterator[Path]:
         """A fresh directory in ``tmp/``, removed on exit unless its content was moved."""
-        name = secrets.token_hex(8)
+        name = os.urandom(8).hex()
         lk = _Lock(self.tmp / f"{name}.lock")
         path = self.tmp / name
         try:

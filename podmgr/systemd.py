@@ -274,6 +274,8 @@ class UnitInfo(NamedTuple):
     load_state: str
     active_state: str
     sub_state: str
+    #: The unit's queued job, 0 for none.
+    job_id: int = 0
 
 
 class JobResult(NamedTuple):
@@ -291,6 +293,14 @@ STATUS_PROPERTIES = (
     "ExecMainExitTimestamp", "MemoryCurrent", "CPUUsageNSec", "TasksCurrent", "ControlGroup",
 )
 # fmt: on
+
+#: Properties :meth:`Systemd.watch` reads: a unit's state and a service's exit.
+_UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Job")
+_SERVICE_PROPERTIES = frozenset(
+    {"Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID"}
+)
+WATCH_PROPERTIES = (*_UNIT_PROPERTIES, *sorted(_SERVICE_PROPERTIES))
+_WATCHED = frozenset(WATCH_PROPERTIES)
 
 
 class Systemd:
@@ -597,7 +607,142 @@ class Systemd:
     ) -> list[UnitInfo]:
         """Loaded units whose names match any of the shell-style patterns."""
         rows = self.manager_call("ListUnitsByPatterns", "asas", list(states), list(patterns))
-        return [UnitInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [UnitInfo(r[0], r[1], r[2], r[3], r[4], int(r[7])) for r in rows]
+
+    def read_properties(
+        self, units: Sequence[str], names: Sequence[str] = WATCH_PROPERTIES
+    ) -> dict[str, dict[str, Any]]:
+        """Some properties of several units, read with one pipelined ``Get`` per unit and
+        property: a few small messages where ``GetAll`` (see :meth:`unit_properties`)
+        would decode a few hundred properties per unit and interface."""
+        calls = []
+        keys = []
+        for unit in units:
+            addr = DBusAddress(unit_path(unit), bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
+            for name in names:
+                iface = SERVICE_IFACE if name in _SERVICE_PROPERTIES else UNIT_IFACE
+                if iface is SERVICE_IFACE and not unit.endswith(".service"):
+                    continue
+                calls.append((addr, "Get", "ss", (iface, name)))
+                keys.append((unit, name))
+        out: dict[str, dict[str, Any]] = {u: {} for u in units}
+        for (unit, name), reply in zip(keys, self.call_many(calls), strict=True):
+            if isinstance(reply, BusError):
+                raise reply
+            ((_sig, value),) = reply
+            out[unit][name] = value
+        return out
+
+    def _send_gets(self, units: Sequence[str], names: Sequence[str]) -> dict[int, tuple[str, str]]:
+        """Send a ``Get`` per unit and property, not waiting; {serial: (unit, name)}."""
+        sent = {}
+        for unit in units:
+            addr = DBusAddress(unit_path(unit), bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
+            for name in names:
+                if name in _SERVICE_PROPERTIES and not unit.endswith(".service"):
+                    continue
+                iface = SERVICE_IFACE if name in _SERVICE_PROPERTIES else UNIT_IFACE
+                serial = next(self.conn.outgoing_serial)
+                self.conn.send(new_method_call(addr, "Get", "ss", (iface, name)), serial=serial)
+                sent[serial] = (unit, name)
+        log.debug("bus: Get %s of %s", ", ".join(names), ", ".join(units))
+        return sent
+
+    def watch(
+        self,
+        units: Sequence[str],
+        done: Iterable[str] = ("inactive", "failed"),
+        *,
+        timeout: float | None = None,
+        idle: bool = False,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(unit, properties)`` as each of the units reaches an ActiveState in
+        ``done`` (with ``idle``, also with no job queued: a unit about to start reads as
+        inactive), in the order they get there, with their :data:`WATCH_PROPERTIES`.
+
+        PropertiesChanged is matched on every unit here, at once; the properties are
+        read when iteration begins. So a caller may watch units, then start them, and
+        miss nothing: not even the exit of a unit that ends and is collected
+        (CollectMode=inactive-or-failed) before iteration begins, as its signals said
+        it (systemd sends a service's interface, its exit, before the Unit's, its
+        state, each with every property that changed). Nothing may read this
+        connection in between, or the signals are dropped.
+        """
+        paths = {unit_path(u): u for u in units}
+        self.subscribe()
+        for reply in self.call_many(
+            [(message_bus, "AddMatch", "s", (_changed_rule(p).serialise(),)) for p in paths]
+        ):
+            if isinstance(reply, BusError):
+                raise reply
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._watch(paths, set(done), deadline, idle)
+
+    def _watch(
+        self, paths: Mapping[str, str], wanted: set[str], deadline: float | None, idle: bool
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        def ended(p: Mapping[str, Any]) -> bool:
+            job = p.get("Job")
+            return p.get("ActiveState") in wanted and not (idle and job and job[0])
+
+        units = list(paths.values())
+        stream: collections.deque[Any] = collections.deque()
+        props: dict[str, dict[str, Any]] = {u: {} for u in units}
+        # Units systemd has collected: a read sees a fresh, not-found unit, so their
+        # exit is what their signals said.
+        gone: set[str] = set()
+        left = list(units)
+        with (
+            self.conn.filter(_changed_rule(), queue=stream),
+            self.conn.filter(MatchRule(type="method_return"), queue=stream),
+            self.conn.filter(MatchRule(type="error"), queue=stream),
+        ):
+            pending = self._send_gets(units, WATCH_PROPERTIES)
+            while left:
+                if not pending:
+                    for unit in [u for u in left if ended(props[u])]:
+                        left.remove(unit)
+                        yield unit, dict(props[unit])
+                    if not left:
+                        return
+                try:
+                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    msg = self.conn.recv_until_filtered(stream, timeout=wait)
+                except TimeoutError as e:
+                    raise SystemdError(
+                        f"{', '.join(left)} did not reach {sorted(wanted)} in time"
+                    ) from e
+                fields = msg.header.fields
+                if msg.header.message_type == MessageType.signal:
+                    unit = paths.get(fields.get(HeaderFields.path, ""), "")
+                    if unit not in props or len(msg.body) != 3:
+                        continue
+                    _iface, changed, invalidated = msg.body
+                    props[unit].update((k, v) for k, (_sig, v) in changed.items() if k in _WATCHED)
+                    stale = [k for k in invalidated if k in _WATCHED]
+                    reading = (unit, "ActiveState") in pending.values()
+                    if ended(props[unit]) and unit in left and not reading:
+                        # A signal may tell of a state the unit has left already: a
+                        # service that systemd restarts is "failed", then at once
+                        # "activating" (auto-restart). A read, answered after every
+                        # signal sent before it, tells where it is now.
+                        stale = [*_UNIT_PROPERTIES, *stale]
+                    if stale:
+                        pending.update(self._send_gets([unit], list(dict.fromkeys(stale))))
+                    continue
+                key = pending.pop(fields.get(HeaderFields.reply_serial, -1), None)
+                if key is None:
+                    continue  # a reply to another call
+                if msg.header.message_type == MessageType.error:
+                    text = msg.body[0] if msg.body else ""
+                    raise _bus_error(fields.get(HeaderFields.error_name, "unknown"), text, "Get")
+                unit, name = key
+                ((_sig, value),) = msg.body
+                if name == "LoadState" and value == "not-found":
+                    gone.add(unit)
+                if unit in gone and name in _SERVICE_PROPERTIES and name in props[unit]:
+                    continue
+                props[unit][name] = value
 
     def wait_for_state(
         self,
@@ -607,50 +752,15 @@ class Systemd:
         timeout: float | None = None,
         idle: bool = False,
     ) -> dict[str, Any]:
-        """Block until the unit's ActiveState is one of ``done`` (with ``idle``, also
-        with no job queued: a unit about to start reads as inactive); return its status.
-
-        Matches PropertiesChanged on the unit before reading the state, so no
-        transition is missed.
-        """
-        wanted = set(done)
-        path = unit_path(unit)
-        self.subscribe()
-        rule = MatchRule(
-            type="signal", interface=PROPS_IFACE, member="PropertiesChanged", path=path
-        )
-        self._add_match(rule)
-        queue: collections.deque[Any] = collections.deque()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.conn.filter(rule, queue=queue):
-            while True:
-                status = self.unit_status(unit)
-                job = status.get("Job")
-                if status.get("ActiveState") in wanted and not (idle and job and job[0]):
-                    return status
-                while True:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    try:
-                        msg = self.conn.recv_until_filtered(queue, timeout=left)
-                    except TimeoutError as e:
-                        raise SystemdError(f"{unit} did not reach {sorted(wanted)} in time") from e
-                    if not _moved_elsewhere(msg.body, wanted):
-                        break
-                queue.clear()
+        """Block until the unit's ActiveState is one of ``done`` (see :meth:`watch`);
+        return its :data:`WATCH_PROPERTIES`."""
+        for _unit, props in self.watch([unit], done, timeout=timeout, idle=idle):
+            return props
+        raise AssertionError("unreachable")
 
 
-def _moved_elsewhere(body: tuple[Any, ...], wanted: set[str]) -> bool:
-    """Whether a unit's PropertiesChanged says it moved to a state not in ``wanted``.
-
-    Such a signal needs no GetAll: every call waits behind the jobs systemd is running,
-    and a unit passes several states on its way in and out.
-    """
-    try:
-        iface, changed, invalidated = body
-        _sig, state = changed["ActiveState"]
-    except (KeyError, TypeError, ValueError):
-        return False
-    return iface == UNIT_IFACE and "ActiveState" not in invalidated and state not in wanted
+def _changed_rule(path: str | None = None) -> MatchRule:
+    return MatchRule(type="signal", interface=PROPS_IFACE, member="PropertiesChanged", path=path)
 
 
 def connect(address: str | None = None) -> Systemd:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podmgr import isolators as iso
+from podmgr.names import FLOCK
 
 # Re-exported: the names are part of this module's API.
 from podmgr.names import SLICE as SLICE
@@ -200,6 +201,9 @@ class PodPlan:
     #: policy; the app's name is appended.
     exit_hook: tuple[str, ...] = ()
     exit_hook_env: tuple[str, ...] = ()
+    #: While this file is flock(2)ed (by ``podmgr run``, attached), the exit hook does
+    #: not start (see :func:`exit_hook_properties`).
+    attach_lock: str | None = None
     #: A pod-private directory shared by its apps as /dev/shm.
     shm_dir: str | None = None
     metadata_url: str | None = None
@@ -371,8 +375,14 @@ def mount_properties(
 
 
 def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
-    """The oneshot unit that records an app's exit and applies the pod's exit policy."""
-    return {
+    """The oneshot unit that records an app's exit and applies the pod's exit policy.
+
+    Unless ``podmgr run`` is attached to the pod: it does that work itself and holds
+    ``attach_lock`` flock(2)ed meanwhile, so the hook's ExecCondition= (flock(1) failing
+    on a held lock, 2 ms) skips a Python start per app exit. Should run die, even by
+    SIGKILL, the kernel drops its lock and the hooks take over again.
+    """
+    props: dict[str, Any] = {
         "Description": f"podmgr pod {pod.uuid} app {app} exit",
         "Type": "oneshot",
         "Slice": SLICE,
@@ -380,6 +390,11 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
         "ExecStart": [(pod.exit_hook[0], [*pod.exit_hook, app], False)],
         "Environment": list(pod.exit_hook_env),
     }
+    if pod.attach_lock:
+        # Exit status 1 (the lock is held) skips the unit without failing it.
+        argv = [FLOCK, "--nonblock", "--conflict-exit-code", "1", pod.attach_lock, "/bin/true"]
+        props["ExecCondition"] = [(FLOCK, argv, False)]
+    return props
 
 
 def net_unit(uuid: str) -> str:

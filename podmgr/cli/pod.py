@@ -261,7 +261,7 @@ _SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
     from podmgr.names import ExitPolicy, NetMode
-    from podmgr.network import Names, parse_nets, parse_port
+    from podmgr.netspec import Names, parse_nets, parse_port
     from podmgr.podspec import PodSpec
 
     net_mode, networks = parse_nets(kw["net"])
@@ -296,7 +296,7 @@ def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
 
 
 def _fetch_options(kw: dict[str, Any]) -> Any:
-    from podmgr.imagefetch import FetchConfig, PullPolicy, parse_insecure
+    from podmgr.fetch import FetchConfig, PullPolicy, parse_insecure
 
     return FetchConfig(
         pull_policy=PullPolicy(kw["pull_policy"]), insecure=parse_insecure(kw["insecure_options"])

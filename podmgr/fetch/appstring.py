@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -59,12 +58,22 @@ class AppString:
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     def __str__(self) -> str:
+        import urllib.parse
+
         extra = "".join(
             f",{k}={urllib.parse.quote(v, safe='')}"
             for k, v in sorted(self.labels.items())
             if k != "version"
         )
         return f"{self.name}:{self.labels.get('version', DEFAULT_VERSION)}{extra}"
+
+
+def _unquote(text: str) -> str:
+    if "%" not in text:
+        return text  # and urllib.parse (which imports ipaddress) stays out of `run`
+    import urllib.parse
+
+    return urllib.parse.unquote(text)
 
 
 def parse_app_string(s: str) -> AppString:
@@ -86,7 +95,7 @@ def parse_app_string(s: str) -> AppString:
     if colon:
         if not version:
             raise bad("empty version after ':'")
-        labels["version"] = urllib.parse.unquote(version)
+        labels["version"] = _unquote(version)
     for item in rest:
         key, eq, value = item.partition("=")
         if not eq:
@@ -97,7 +106,7 @@ def parse_app_string(s: str) -> AppString:
             raise bad(f"label name {key!r} is not an AC identifier other than 'name'")
         if key in labels:
             raise bad(f"label {key!r} given twice")
-        labels[key] = urllib.parse.unquote(value)
+        labels[key] = _unquote(value)
     explicit = frozenset(labels)
     os_, arch = host_os_arch()
     labels.setdefault("version", DEFAULT_VERSION)

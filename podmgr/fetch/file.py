@@ -9,7 +9,6 @@ Public interface::
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 from podmgr.errors import InvalidError, NotFoundError
@@ -33,6 +32,8 @@ def is_local(ref: str) -> bool:
 def local_path(ref: str) -> Path:
     """The path ``ref`` names, which must be an existing regular file."""
     if ref.lower().startswith("file:"):
+        import urllib.parse
+
         parts = urllib.parse.urlsplit(ref)
         # A host other than localhost would be a network share we cannot reach.
         if parts.netloc not in ("", "localhost"):

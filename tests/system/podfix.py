@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,15 @@ class Podmgr:
 
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "--format=json").stdout)["data"]
+
+
+def until(check: Callable[[], bool], what: str, limit: float = 30) -> None:
+    """Poll for a state systemd reaches asynchronously (not a timed assertion)."""
+    end = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.1)
 
 
 def sh(*argv: str) -> subprocess.CompletedProcess[str]:

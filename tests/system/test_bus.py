@@ -206,3 +206,56 @@ def test_pipelined_calls_reply_in_order_with_their_errors(sd: Systemd) -> None:
     assert replies[0] == (systemd.unit_path("init.scope"),)
     assert isinstance(replies[1], systemd.NoSuchUnitError) and missing in str(replies[1])
     assert replies[2] == (systemd.unit_path("-.slice"),)
+
+
+def test_watch_sees_the_exit_of_a_unit_collected_before_iteration(
+    sd: Systemd, unit_name: str
+) -> None:
+    """Watched before it starts, a unit that ends and is collected at once still reports
+    its exit: from its signals, not from a read of the fresh unit systemd loads instead."""
+    exits = sd.watch([unit_name], idle=True, timeout=30)
+    with systemd.connect() as other:
+        other.start_transient_unit(
+            unit_name,
+            {
+                "ExecStart": [("/bin/sh", ["/bin/sh", "-c", "exit 7"], False)],
+                "CollectMode": "inactive-or-failed",
+            },
+        )
+        # Collected: a read from another connection finds nothing of its exit.
+        deadline = time.monotonic() + 30
+        while other.read_properties([unit_name], ("LoadState",))[unit_name]["LoadState"] != (
+            "not-found"
+        ):
+            assert time.monotonic() < deadline, "the unit was never collected"
+            time.sleep(0.05)
+    ((unit, final),) = list(exits)
+    assert unit == unit_name
+    assert (final["Result"], final["ExecMainCode"], final["ExecMainStatus"]) == ("exit-code", 1, 7)
+
+
+def test_watch_does_not_take_a_restart_for_an_end(sd: Systemd, unit_name: str) -> None:
+    """A service systemd restarts is "failed" for an instant; the watch waits for its end
+    for good, restarts counted."""
+    script = (
+        "test -e /run/$U.n2 && exit 4; test -e /run/$U.n1 && touch /run/$U.n2; "
+        "touch /run/$U.n1; exit 1"
+    )
+    exits = sd.watch([unit_name], idle=True, timeout=30)
+    sd.start_transient_unit(
+        unit_name,
+        {
+            "ExecStart": [("/bin/sh", ["/bin/sh", "-c", script], False)],
+            "Environment": [f"U={unit_name}"],
+            "Restart": "always",
+            "RestartUSec": 50_000,
+            # Exit status 4 ends it: not restarted.
+            "RestartPreventExitStatus": ([4], []),
+        },
+    )
+    try:
+        ((_unit, final),) = list(exits)
+    finally:
+        for n in (1, 2):
+            Path(f"/run/{unit_name}.n{n}").unlink(missing_ok=True)
+    assert (final["ActiveState"], final["ExecMainStatus"], final["NRestarts"]) == ("failed", 4, 2)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, host_state, sh
+from podfix import Podmgr, build_image, host_state, sh, until
 
 INSECURE = "--insecure-options=image"
 
@@ -235,6 +235,66 @@ def test_on_any_failure_ignores_success(pm: Podmgr, images: Path) -> None:
     p = pm("run", INSECURE, ok, "---", slow, check=False)
     assert p.returncode == 0
     assert "slow2 | still here" in p.stdout
+
+
+def test_attached_run_keeps_the_exit_hooks_idle(pm: Podmgr, images: Path) -> None:
+    """``run`` applies the exit policy itself; the hook's ExecCondition= skips it."""
+    fail = img(images, "fail", ["/bin/sh", "-c", "sleep 0.5; exit 4"])
+    slow = img(images, "slow", ["/bin/sh", "-c", "sleep 3; echo slow done"])
+    saved = images / "attached.uuid"
+    p = pm("run", INSECURE, "--uuid-file-save", str(saved), fail, "---", slow, check=False)
+    assert p.returncode == 4, p.stderr
+    uuid = saved.read_text().strip()
+    hook = f"podmgr-exitfail-{uuid.replace('-', '')}-fail.service"
+    until(
+        lambda: "exec-condition" in sh("journalctl", "-o", "cat", "-u", hook).stdout,
+        f"{hook} skipped by its condition",
+    )
+    st = pm.json("status", uuid)
+    assert (st["state"], st["exit_code"]) == ("exited", 4)
+    assert st["apps"][0]["exit"]["status"] == 4
+
+
+def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
+    pm: Podmgr, images: Path, tmp_path: Path
+) -> None:
+    """Should ``run`` die, even by SIGKILL, its lock goes with it, and the exit hooks
+    record the exits and apply the exit policy as for a started pod."""
+    go = tmp_path / "go"
+    go.mkdir()
+    script = "while [ ! -e /go/now ]; do sleep 0.1; done; exit 5"
+    waiter = img(images, "waiter", ["/bin/sh", "-c", script])
+    sleeper = img(images, "sleeper3", ["/bin/sleep", "600"])
+    saved = tmp_path / "uuid"
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
+    argv += ["--uuid-file-save", str(saved), "--volume", f"go,kind=host,source={go}"]
+    argv += [waiter, "--mount", "volume=go,target=/go", "---", sleeper]
+    run = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        until(lambda: saved.exists() and saved.read_text().strip() != "", "the pod's UUID")
+        uuid = saved.read_text().strip()
+        units = [unit_of(uuid, "waiter"), unit_of(uuid, "sleeper3")]
+        until(lambda: sh("systemctl", "is-active", *units).returncode == 0, "both apps up")
+    finally:
+        run.kill()
+        run.wait()
+    (go / "now").touch()
+    pm("status", "--wait=30s", uuid)
+    st = pm.json("status", uuid)
+    assert (st["state"], st["exit_code"]) == ("exited", 5)
+    apps = {a["name"]: a for a in st["apps"]}
+    assert apps["waiter"]["exit"]["status"] == 5
+    # on-any-failure: the waiter's failure ended its sibling.
+    assert sh("systemctl", "is-active", units[1]).stdout.strip() != "active"
+    # run's journalctl -f went too, once the pipe it wrote to was gone.
+    until(
+        lambda: uuid not in sh("ps", "-eo", "args").stdout,
+        "no process of the pod's left",
+    )
 
 
 def test_restart_on_failure_counts(pm: Podmgr, images: Path, tmp_path: Path) -> None:

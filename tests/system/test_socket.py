@@ -6,12 +6,10 @@ and passes the fds by the sd_listen_fds protocol; in the pod's network namespace
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, host_state, sh
+from podfix import Podmgr, build_image, host_state, sh, until
 
 INSECURE = "--insecure-options=image"
 
@@ -64,15 +62,6 @@ def in_pod_net(net: str, uuid: str, *argv: str) -> list[str]:
 
 def listeners(net: str, uuid: str, port: int, flags: str = "-ltnpH") -> str:
     return sh(*in_pod_net(net, uuid, "ss", flags, f"sport = :{port}")).stdout
-
-
-def until(check: Callable[[], bool], what: str, limit: float = 30) -> None:
-    """Poll for a state systemd reaches asynchronously (not a timed assertion)."""
-    end = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.1)
 
 
 def socket_units() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -163,6 +164,24 @@ def test_a_vanished_host_source_fails_as_without_templates(
     assert pinned <= set(before)
 
 
+def test_a_template_of_another_key_with_the_same_checksum_is_not_used(
+    pm: Podmgr, args: list[str]
+) -> None:
+    """Template directories are named by a checksum of the key; template.json keeps the
+    key itself, so a collision is a miss, and the template is made anew."""
+    shutil.rmtree(pm.state / "pods" / ".templates", ignore_errors=True)
+    prepare(pm, args)
+    _, log = prepare(pm, args)
+    assert "prepared from template" in log
+    (tdir,) = [d for d in (pm.state / "pods" / ".templates").iterdir() if d.is_dir()]
+    meta = json.loads((tdir / "template.json").read_text())
+    (tdir / "template.json").write_text(json.dumps({**meta, "key": meta["key"] + " "}))
+    _, log = prepare(pm, args)
+    assert "prepared from template" not in log
+    _, log = prepare(pm, args)
+    assert "prepared from template" in log
+
+
 def test_a_template_whose_tree_is_gone_is_dropped(
     pm: Podmgr, args: list[str], tmp_path: Path
 ) -> None:
@@ -184,6 +203,7 @@ def test_the_cached_path_does_not_import_the_models(pm: Podmgr, args: list[str])
     prepare(pm, args)
     code = (
         "import sys\n"
+        "before = set(sys.modules)\n"
         "from podmgr.__main__ import main\n"
         "def go(*a):\n"
         "    try:\n"
@@ -191,6 +211,10 @@ def test_the_cached_path_does_not_import_the_models(pm: Podmgr, args: list[str])
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
         f"go('prepare', *{args!r})\n"
+        # Nor OpenSSL's hashlib (5 ms) or ipaddress (2-3 ms): the run path is the product.
+        # (Of those the interpreter did not import before: site's .pth files may.)
+        "heavy = {'pydantic', '_hashlib', 'ipaddress'} & (set(sys.modules) - before)\n"
+        "assert not heavy, f'imported: {heavy}'\n"
         "go('list')\n"
         "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
     )

@@ -117,3 +117,4 @@ def test_exit_hook_knows_socket_activated_apps(tmp_path: Path) -> None:
     assert not hook.socket_activated(tmp_path, "plain")
     assert not hook.socket_activated(tmp_path, "bare")
     assert not hook.socket_activated(tmp_path / "gone", "web")
+

@@ -120,19 +120,3 @@ def test_split_signature() -> None:
     assert systemd._split_signature("sasb") == ["s", "as", "b"]
     assert systemd._split_signature("ssba(ss)") == ["s", "s", "b", "a(ss)"]
     assert systemd._split_signature("a{sv}(ii)t") == ["a{sv}", "(ii)", "t"]
-
-
-def test_a_transition_elsewhere_needs_no_getall() -> None:
-    unit = systemd.UNIT_IFACE
-    wanted = {"inactive", "failed"}
-    assert systemd._moved_elsewhere((unit, {"ActiveState": ("s", "active")}, []), wanted)
-    assert not systemd._moved_elsewhere((unit, {"ActiveState": ("s", "failed")}, []), wanted)
-    # No state in the signal, another interface, or an invalidated state: look.
-    assert not systemd._moved_elsewhere((unit, {"SubState": ("s", "dead")}, []), wanted)
-    assert not systemd._moved_elsewhere(
-        (systemd.SERVICE_IFACE, {"ActiveState": ("s", "active")}, []), wanted
-    )
-    assert not systemd._moved_elsewhere(
-        (unit, {"ActiveState": ("s", "active")}, ["ActiveState"]), wanted
-    )
-    assert not systemd._moved_elsewhere(("x",), wanted)
