@@ -21,7 +21,6 @@ import dataclasses
 import enum
 import gzip
 import importlib
-import logging
 import lzma
 import os
 import re
@@ -34,10 +33,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, ClassVar, cast
 
+from podmgr import logger
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError
 from podmgr.extract import CHUNK, MAX_MANIFEST_SIZE, Extractor, TarReader, walk_archive
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: mtime written by a reproducible build unless ``keep_mtimes`` is asked for.
 BUILD_MTIME = 0

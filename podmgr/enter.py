@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import secrets
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from podmgr import names, podstate, units
+from podmgr import logger, names, podstate, units
 from podmgr.errors import (
     ConflictError,
     ExitCode,
@@ -40,7 +39,7 @@ from podmgr.errors import (
 )
 from podmgr.podstate import AppRecord, PodRecord
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: Shells tried, in order, when no command is given.
 SHELLS = ("/bin/bash", "/bin/sh")

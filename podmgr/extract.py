@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import collections
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable
 from typing import Final
 
+from podmgr import logger
 from podmgr.errors import InvalidError, PodmgrError
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 BLOCK: Final = 512
 #: Read size from the decompressor: big enough that per-call overhead vanishes.

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+def rmtree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+    """shutil.rmtree, imported when needed: most commands never remove a tree."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -19,6 +25,19 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new file (0600) next to ``path``, as tempfile.mkstemp would make it: not
+    tempfile itself, which imports shutil and random (8-15 ms on every command)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[IO[bytes]]:
     """Write to a temp file in the same directory, fsync it, then rename over ``path``.
@@ -26,7 +45,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[I
     Readers see either the old content or the new, never a partial file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -57,7 +76,7 @@ def create_new(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o64
     if isinstance(data, str):
         data = data.encode()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

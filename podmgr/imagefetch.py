@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from podmgr import logger
 from podmgr.errors import InvalidError, NetworkError, NotFoundError, PodmgrError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ from podmgr.fetch import Progress as Progress
 from podmgr.fetch import PullPolicy as PullPolicy
 from podmgr.fetch import parse_insecure as parse_insecure
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: Dependency chains longer than this are refused (they are cycles in practice).
 MAX_DEPTH = 32

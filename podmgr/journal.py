@@ -7,12 +7,13 @@ Every app's stdout and stderr carry ``PODMGR_POD=<uuid>`` and ``PODMGR_APP=<name
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from podmgr import logger
+
+log = logger.get(__name__)
 
 
 @dataclass(frozen=True)

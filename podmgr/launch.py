@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from podmgr import __version__, names, sdnotify
+from podmgr import __version__, logger, names, sdnotify
 from podmgr.errors import (
     ConflictError,
     Interrupted,
@@ -39,7 +38,7 @@ from podmgr.errors import (
 )
 from podmgr.fsutil import atomic_write
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: plan.json's format; a different one is planned again (see the module doc).
 PLAN_VERSION = 1
@@ -451,6 +450,8 @@ def run_attached(
                 return
             tailed = True
             timer.cancel()
+        if timer.is_alive():
+            timer.join()  # a thread left running would cost the fast exit (__main__.entry)
         try:
             journal.sync()
         except PodmgrError as e:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
 import socket
@@ -37,13 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from podmgr import logger
 from podmgr.errors import InvalidError, UsageError
 from podmgr.names import NetMode
 
 if TYPE_CHECKING:
     from podmgr.podstate import PodRecord
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: rkt's metadata port, where podmgr-metadata.socket listens.
 PORT = 18112

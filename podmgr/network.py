@@ -36,7 +36,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import socket
 import sys
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podmgr import logger
 from podmgr.errors import (
     ConflictError,
     InvalidError,
@@ -64,7 +64,7 @@ from podmgr.netspec import parse_nets as parse_nets
 from podmgr.netspec import parse_port as parse_port
 from podmgr.process import run
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 NETNS_DIR = Path("/run/netns")
 RUN_DIR = Path("/run/podmgr")

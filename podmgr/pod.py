@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import secrets
 import shutil
@@ -28,13 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from podmgr import launch, metadata, podstate, rootfs, units
+from podmgr import launch, logger, metadata, podstate, rootfs, units
 from podmgr.errors import InvalidError, UsageError, require_root
 from podmgr.names import ATTACH_LOCK
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 
 # Re-exported: the CLI builds these without importing this module (podmgr.podspec).

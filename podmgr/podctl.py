@@ -10,7 +10,6 @@ garbage? which boot?) and from systemd (are any of its app units still running?)
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -19,12 +18,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from podmgr import launch, names, podlist, podstate
+from podmgr import launch, logger, names, podlist, podstate
 from podmgr.errors import ConflictError, SystemdError, UsageError, require_root
 from podmgr.podlist import PodState
 from podmgr.podstate import PodRecord
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 
 

@@ -11,7 +11,6 @@ JSON, or is of a version newer than this podmgr knows, is skipped with a warning
 from __future__ import annotations
 
 import enum
-import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from podmgr import names
+from podmgr import logger, names
 from podmgr.errors import NotFoundError, PodmgrError, SystemdError, UsageError
 from podmgr.hook import RUNNING_STATES
 
@@ -27,7 +26,7 @@ from podmgr.hook import RUNNING_STATES
 from podmgr.launch import POD_RECORD_VERSION as POD_RECORD_VERSION
 from podmgr.launch import boot_id, load_record
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 
 class PodState(enum.StrEnum):

@@ -36,9 +36,7 @@ import base64
 import contextlib
 import dataclasses
 import json
-import logging
 import os
-import shutil
 import stat
 import sys
 import uuid as uuidlib
@@ -47,14 +45,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podmgr import __version__, launch, names
+from podmgr import __version__, launch, logger, names
 from podmgr.errors import PodmgrError, require_root
+from podmgr.fsutil import rmtree
 from podmgr.podspec import PodSpec
 
 if TYPE_CHECKING:
     from podmgr.store import Store
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 TEMPLATE_VERSION = 1
 #: Templates kept per state directory.
@@ -276,12 +275,12 @@ def _save(state: Path, store: Store, key: _Key, record: Any) -> None:
         (tmp / "template.json").write_text(json.dumps(meta))
         final = tdir / key.name
         if final.exists():
-            shutil.rmtree(final)
+            rmtree(final)
         os.rename(tmp, final)
     except _NotCopyable as e:
         log.debug("pod %s not kept as a template: %s", record.uuid, e)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rmtree(tmp, ignore_errors=True)
     _evict(tdir)
 
 
@@ -292,7 +291,7 @@ def _evict(tdir: Path) -> None:
         reverse=True,
     )
     for d in kept[KEEP:]:
-        shutil.rmtree(d, ignore_errors=True)
+        rmtree(d, ignore_errors=True)
 
 
 def sweep(state: Path) -> list[str]:
@@ -308,14 +307,14 @@ def sweep(state: Path) -> list[str]:
             except (OSError, ValueError, KeyError):
                 ok = False
             if not ok:
-                shutil.rmtree(d, ignore_errors=True)
+                rmtree(d, ignore_errors=True)
                 dropped.append(d.name)
     return dropped
 
 
 def _drop(tdir: Path, why: str) -> None:
     log.debug("template %s dropped: %s", tdir.name, why)
-    shutil.rmtree(tdir, ignore_errors=True)
+    rmtree(tdir, ignore_errors=True)
 
 
 def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
@@ -360,7 +359,7 @@ def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
         registered = True
         os.rename(tmp, pods / uuid)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rmtree(tmp, ignore_errors=True)
         if registered:
             metadata.unregister(state, token)
         if pinned:

@@ -6,16 +6,16 @@ single CommandError (the caller decides whether and how to report it).
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from podmgr import logger
 from podmgr.errors import CommandError, NotFoundError
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 
 def run(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+from podmgr import logger
+
+log = logger.get(__name__)
 
 
 def notify(state: str) -> bool:

@@ -49,15 +49,14 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import logging
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from podmgr import logger
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError, UsageError
 from podmgr.fsutil import fsync_dir
 
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
     from podmgr.render import Layer
     from podmgr.schema import Dependency, ImageManifest
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: Pins whose pod directory is gone are dropped by gc after this many seconds.
 STALE_PIN_AGE = 3600.0
@@ -195,6 +194,8 @@ def _rmtree(path: Path) -> None:
             func(p)
 
     if path.is_dir() and not path.is_symlink():
+        import shutil
+
         shutil.rmtree(path, onerror=retry)
     else:
         with contextlib.suppress(FileNotFoundError):

@@ -13,7 +13,6 @@ signature explicitly.
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -21,9 +20,10 @@ from typing import Any, NamedTuple
 from jeepney import DBusAddress, HeaderFields, MatchRule, MessageType, message_bus, new_method_call
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
+from podmgr import logger
 from podmgr.errors import SystemdError
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"

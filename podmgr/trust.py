@@ -96,7 +96,6 @@ import contextlib
 import dataclasses
 import enum
 import fcntl
-import logging
 import os
 import re
 import resource
@@ -108,6 +107,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from podmgr import logger
 from podmgr.errors import (
     ExitCode,
     InvalidError,
@@ -163,7 +163,7 @@ __all__ = [
 ADMIN_TRUST_DIR = Path("/etc/podmgr/trustedkeys")
 VENDOR_TRUST_DIR = Path("/usr/lib/podmgr/trustedkeys")
 
-log = logging.getLogger(__name__)
+log = logger.get(__name__)
 
 #: SignatureCheck's feeding thread wakes to pass bytes on to sqv once this many are
 #: pending (few wake-ups: each needs the GIL for a moment).

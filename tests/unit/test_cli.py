@@ -54,3 +54,27 @@ def test_podmgr_error_is_one_line_with_hint_and_exit_code() -> None:
         "podmgr: error: image example.com/x not found",
         "podmgr: hint: fetch it first",
     ]
+
+
+def test_the_fast_exit_keeps_exit_codes_and_flushes_output() -> None:
+    """`entry` ends with os._exit: nothing written may be lost, no code changed."""
+    code = (
+        "import sys; from podmgr.errors import NotFoundError\n"
+        "import podmgr.__main__ as m, podmgr.cli as c, click\n"
+        "@c.cli.command('chatty')\n"
+        "@click.argument('fail')\n"
+        "def chatty(fail):\n"
+        "    sys.stdout.write('x' * 100000 + '\\n')  # buffered: a pipe is no terminal\n"
+        "    if fail == 'yes':\n"
+        "        raise NotFoundError('gone', hint='look elsewhere')\n"
+        "    return 7\n"
+        "m.entry()\n"
+    )
+    ok = subprocess.run([sys.executable, "-c", code, "chatty", "no"], capture_output=True)
+    assert ok.returncode == 7 and ok.stdout == b"x" * 100000 + b"\n"
+    bad = subprocess.run([sys.executable, "-c", code, "chatty", "yes"], capture_output=True)
+    assert bad.returncode == ExitCode.NOT_FOUND and len(bad.stdout) == 100001
+    errors = bad.stderr.decode().splitlines()
+    assert errors == ["podmgr: error: gone", "podmgr: hint: look elsewhere"]
+    p = podmgr("frobnicate")  # python -m podmgr: entry() too
+    assert p.returncode == ExitCode.USAGE

@@ -109,7 +109,7 @@ def test_sysext_podmgr_runs_from_the_image_tree(image: Path, tmp_path: Path) -> 
             "-s",
             "-c",
             f"import sys; sys.path.insert(0, {str(site)!r}); "
-            "from podmgr.__main__ import main; main()",
+            "from podmgr.__main__ import entry; entry()",
             "--version",
         ],
         capture_output=True,
@@ -119,7 +119,7 @@ def test_sysext_podmgr_runs_from_the_image_tree(image: Path, tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "podmgr 0.1.0"
     wrapper = (root / "usr/bin/podmgr").read_text()
-    assert "/usr/lib/podmgr/site" in wrapper and "from podmgr.__main__ import main" in wrapper
+    assert "/usr/lib/podmgr/site" in wrapper and "from podmgr.__main__ import entry" in wrapper
 
 
 @pytest.mark.skipif(shutil.which("rpmspec") is None, reason="rpm is not installed")
@@ -158,3 +158,13 @@ def test_packaging_scripts_pass_shellcheck() -> None:
     scripts = [str(REPO / "packaging/mksysext"), str(REPO / "packaging/deb")]
     p = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
+
+
+def test_pyproject_version_matches_the_package() -> None:
+    """`podmgr --version` prints podmgr.__version__ (not importlib.metadata's, 30 ms)."""
+    import tomllib
+
+    from podmgr import __version__
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
