@@ -137,24 +137,34 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
             result, code, status, sig = exit_from_unit(final)
             restarts = final.get("NRestarts", restarts)
         record_exit(pdir, app, (result, code, status, sig), restarts)
-        slice_unit = names.pod_slice(uuid)
-        slice_state = sd.read_properties([slice_unit], ("ActiveState",))[slice_unit]
-        if slice_state["ActiveState"] in ("deactivating", "inactive"):
-            return  # the pod is being stopped as a whole
-        if socket_activated(pdir, app):
-            close_sockets(sd, me["unit"])
-        others = [a["unit"] for a in apps if a["name"] != app]
-        states = sd.read_properties(others, ("ActiveState", "Job")).values()
-        policy = record.get("exit_policy", "on-any-failure")
-        if stops_pod(apps, app, (result, code, status, sig), any(map(alive, states)), policy):
-            sd.stop_unit(slice_unit, wait=False)
+        app_ended(sd, pdir, record, app, (result, code, status, sig))
 
 
-def close_sockets(sd: Any, unit: str) -> None:
-    """The app has ended for good: close its socket-activated ports, so that traffic
-    cannot start it again behind the exit policy's back."""
-    with contextlib.suppress(SystemdError):
-        sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
+def app_ended(
+    sd: Any,
+    pdir: Path,
+    record: Mapping[str, Any],
+    app: str,
+    exit: tuple[str, str | None, int | None, str | None],
+) -> None:
+    """An app of the pod (``record``: pod.json) has ended for good, its exit recorded:
+    unless the pod is stopping as a whole, close the app's socket-activated ports, so
+    that traffic cannot start it again behind the exit policy's back, and stop the pod
+    if :func:`stops_pod`. The exit hook's work, and ``podmgr run``'s when attached."""
+    apps = record["apps"]
+    slice_unit = names.pod_slice(record["uuid"])
+    unit = next(a["unit"] for a in apps if a["name"] == app)
+    others = [a["unit"] for a in apps if a["name"] != app]
+    states = sd.read_properties([slice_unit, *others], ("ActiveState", "Job"))
+    pod = states.pop(slice_unit)
+    if pod["ActiveState"] in ("deactivating", "inactive") or pod["Job"][0]:
+        return  # a slice's only job once its apps run is its stop
+    if socket_activated(pdir, app):
+        with contextlib.suppress(SystemdError):
+            sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
+    policy = record.get("exit_policy", "on-any-failure")
+    if stops_pod(apps, app, exit, any(map(alive, states.values())), policy):
+        sd.stop_unit(slice_unit, wait=False)
 
 
 def stops_pod(

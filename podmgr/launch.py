@@ -278,26 +278,16 @@ def wait(
     ``meanwhile``: run in a thread once every app has ended, beside the pod's teardown
     (``run``'s last lines of output); it must handle its own errors."""
     from podmgr import systemd
-    from podmgr.hook import (
-        alive,
-        close_sockets,
-        exit_from_unit,
-        record_exit,
-        socket_activated,
-        stops_pod,
-    )
+    from podmgr.hook import app_ended, exit_from_unit, record_exit
 
     pdir = state / "pods" / uuid
     record = load_record(pdir)
     apps = record["apps"]
-    by_unit = {a["unit"]: a for a in apps}
     slice_unit = names.pod_slice(uuid)
-    policy = record.get("exit_policy", "on-any-failure")
-    stopping = False
     with systemd.connect(bus) as sd:
-        left = dict(by_unit)
+        left = {a["unit"]: a for a in apps}
         # idle: an app whose start (or restart) job is queued has not ended.
-        exits = sd.watch(list(by_unit), timeout=timeout, idle=True)
+        exits = sd.watch(list(left), timeout=timeout, idle=True)
         if starting is not None:
             starting()
         for unit, final in exits:
@@ -307,13 +297,8 @@ def wait(
             # the two comes first writes it.
             with contextlib.suppress(OSError):
                 record_exit(pdir, a["name"], ex, final.get("NRestarts"))
-            if attached and left and not stopping:
-                if socket_activated(pdir, a["name"]):
-                    close_sockets(sd, unit)
-                states = sd.read_properties(list(left), ("ActiveState", "Job")).values()
-                if stops_pod(apps, a["name"], ex, any(map(alive, states)), policy):
-                    sd.stop_unit(slice_unit, wait=False)
-                    stopping = True
+            if attached and left:
+                app_ended(sd, pdir, record, a["name"], ex)
         tail = None
         if meanwhile is not None:
             tail = threading.Thread(target=meanwhile, name="meanwhile")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
 import shutil
 import sys
 import uuid as uuidlib
@@ -349,7 +348,7 @@ def _prepare_in(
         networks=spec.networks if spec.net is NetMode.CNI else (),
         ports=tuple((m.name, m.protocol, m.container_port, m.host_port, m.host_ip) for m in ports),
         apps=tuple(records),
-        metadata_token=secrets.token_urlsafe(24),
+        metadata_token=metadata.new_token(),
         user_annotations=spec.user_annotations,
         user_labels=spec.user_labels,
     )

@@ -32,7 +32,6 @@ kept (least recently used go). ``PODMGR_TEMPLATES=0`` turns templates off.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
@@ -190,11 +189,6 @@ def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> _Key:
     return _Key(f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}{len(raw):x}", text)
 
 
-def _token() -> str:
-    # secrets.token_urlsafe(24), without importing secrets (and with it OpenSSL's hashlib).
-    return base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"=").decode()
-
-
 # ---- identity -----------------------------------------------------------------------------
 
 
@@ -336,7 +330,7 @@ def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
     for source in meta["host_sources"]:
         rootfs.check_host_source(source)  # the error the full path would give
     uuid = str(uuidlib.uuid4())
-    token = _token()
+    token = metadata.new_token()
     pods = state / "pods"
     tmp = pods / f".prep-{uuid}"
     pinned = registered = False

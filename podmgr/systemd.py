@@ -615,16 +615,7 @@ class Systemd:
         """Some properties of several units, read with one pipelined ``Get`` per unit and
         property: a few small messages where ``GetAll`` (see :meth:`unit_properties`)
         would decode a few hundred properties per unit and interface."""
-        calls = []
-        keys = []
-        for unit in units:
-            addr = DBusAddress(unit_path(unit), bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
-            for name in names:
-                iface = SERVICE_IFACE if name in _SERVICE_PROPERTIES else UNIT_IFACE
-                if iface is SERVICE_IFACE and not unit.endswith(".service"):
-                    continue
-                calls.append((addr, "Get", "ss", (iface, name)))
-                keys.append((unit, name))
+        keys, calls = _get_calls(units, names)
         out: dict[str, dict[str, Any]] = {u: {} for u in units}
         for (unit, name), reply in zip(keys, self.call_many(calls), strict=True):
             if isinstance(reply, BusError):
@@ -636,15 +627,10 @@ class Systemd:
     def _send_gets(self, units: Sequence[str], names: Sequence[str]) -> dict[int, tuple[str, str]]:
         """Send a ``Get`` per unit and property, not waiting; {serial: (unit, name)}."""
         sent = {}
-        for unit in units:
-            addr = DBusAddress(unit_path(unit), bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
-            for name in names:
-                if name in _SERVICE_PROPERTIES and not unit.endswith(".service"):
-                    continue
-                iface = SERVICE_IFACE if name in _SERVICE_PROPERTIES else UNIT_IFACE
-                serial = next(self.conn.outgoing_serial)
-                self.conn.send(new_method_call(addr, "Get", "ss", (iface, name)), serial=serial)
-                sent[serial] = (unit, name)
+        for key, (addr, method, signature, body) in zip(*_get_calls(units, names), strict=True):
+            serial = next(self.conn.outgoing_serial)
+            self.conn.send(new_method_call(addr, method, signature, body), serial=serial)
+            sent[serial] = key
         log.debug("bus: Get %s of %s", ", ".join(names), ", ".join(units))
         return sent
 
@@ -757,6 +743,23 @@ class Systemd:
         for _unit, props in self.watch([unit], done, timeout=timeout, idle=idle):
             return props
         raise AssertionError("unreachable")
+
+
+def _get_calls(
+    units: Sequence[str], names: Sequence[str]
+) -> tuple[list[tuple[str, str]], list[tuple[DBusAddress, str, str, tuple[str, str]]]]:
+    """A ``Get`` per unit and property (a service's only on services), and its
+    ``(unit, name)``."""
+    keys, calls = [], []
+    for unit in units:
+        addr = DBusAddress(unit_path(unit), bus_name=SYSTEMD_BUS_NAME, interface=PROPS_IFACE)
+        for name in names:
+            service = name in _SERVICE_PROPERTIES
+            if service and not unit.endswith(".service"):
+                continue
+            keys.append((unit, name))
+            calls.append((addr, "Get", "ss", (SERVICE_IFACE if service else UNIT_IFACE, name)))
+    return keys, calls
 
 
 def _changed_rule(path: str | None = None) -> MatchRule:
