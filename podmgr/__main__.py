@@ -1,4 +1,5 @@
-"""Entry point: set up logging and signals, dispatch into click, map errors to exit codes."""
+"""Entry point: set up logging and signals, dispatch (to podmgr.fastpath for a run or start
+seen before, else into click), map errors to exit codes."""
 
 from __future__ import annotations
 
@@ -27,38 +28,59 @@ def _fail(message: str, hint: str | None, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _failed(e: BaseException, debug: bool) -> NoReturn:
+    """Exit for an exception that is not click's own."""
+    if isinstance(e, KeyboardInterrupt):
+        _fail("interrupted", None, ExitCode.INTERRUPTED)
+    if isinstance(e, PodmgrError):
+        if debug:
+            log.exception("traceback")
+        _fail(e.message, e.hint, int(e.exit_code))
+    if isinstance(e, BrokenPipeError):
+        sys.exit(ExitCode.FAILURE)
+    if not isinstance(e, Exception):
+        raise e
+    if debug:
+        log.exception("traceback")
+    _fail(
+        f"internal error: {type(e).__name__}: {e}",
+        "run again with --debug for a traceback, and report it",
+        ExitCode.FAILURE,
+    )
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the podmgr CLI and exit with its documented exit code."""
     # Logging is set up on its first record (podmgr.logger): most runs have none.
     signal.signal(signal.SIGTERM, _on_sigterm)
+    args = sys.argv[1:] if argv is None else list(argv)
+
+    # A run or start seen before goes without click (podmgr.fastpath).
+    from podmgr import fastpath
+
+    fastpath.ARGV = args
+    try:
+        code = fastpath.main(args)
+    except BaseException as e:
+        _failed(e, False)
+    if code is not None:
+        sys.exit(code)
 
     import click
 
     from podmgr.cli import cli, debug_enabled
 
     try:
-        rv = cli.main(args=argv, prog_name="podmgr", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="podmgr", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except click.exceptions.Abort:
         _fail("interrupted", None, ExitCode.INTERRUPTED)
-    except PodmgrError as e:
-        if debug_enabled():
-            log.exception("traceback")
-        _fail(e.message, e.hint, int(e.exit_code))
-    except BrokenPipeError:
-        sys.exit(ExitCode.FAILURE)
-    except Exception as e:
-        if debug_enabled():
-            log.exception("traceback")
-        _fail(
-            f"internal error: {type(e).__name__}: {e}",
-            "run again with --debug for a traceback, and report it",
-            ExitCode.FAILURE,
-        )
+    except (Exception, KeyboardInterrupt) as e:
+        _failed(e, debug_enabled())
     sys.exit(rv if isinstance(rv, int) else ExitCode.OK)
 
 

@@ -63,10 +63,21 @@ _ENV_READ = ("PODMGR_METADATA_URL",)
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """A prepared pod: its UUID and its apps' names."""
+    """A prepared pod: its UUID and its apps' names; ``source``, when the pod came from a
+    template or was kept as one, is what :func:`prepare_again` needs to clone it again."""
 
     uuid: str
     apps: list[str]
+    source: Source | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A template's inputs: the spec as the key has it (:func:`spec_doc`) and the image
+    references that resolved to its images (resolved again on every use)."""
+
+    spec: dict[str, Any]
+    refs: list[str]
 
 
 def enabled() -> bool:
@@ -82,46 +93,74 @@ def prepare(state: Path, spec: PodSpec) -> Prepared:
     require_root("preparing a pod")
     from podmgr.store import Store
 
-    key = ids = store = None
-    if enabled() and spec.pod_manifest is None:
+    key = ids = store = source = None
+    if enabled() and spec.pod_manifest is None and _pull_new(spec):
         with contextlib.suppress(PodmgrError):  # the full path reports it
             store = Store.open(state)
-        ids = None if store is None else _resolve(store, spec)
+        source = Source(spec_doc(spec), [a.image for a in spec.apps])
+        ids = None if store is None else _resolve(store, source.refs)
         if store is not None and ids is not None:
-            key = _key(state, spec, ids)
-            hit = _clone(state, store, key)
+            key = _key(state, source.spec, ids)
+            hit = _clone(state, store, key, source)
             if hit is not None:
                 return hit
     from podmgr import pod
 
     record = pod.prepare(state, spec)
+    kept = None
     if store is not None and key is not None and [a.image_id for a in record.apps] == ids:
         try:
-            _save(state, store, key, record)
+            if _save(state, store, key, record):
+                kept = source
         except (OSError, PodmgrError) as e:
             log.debug("pod %s not kept as a template: %s", record.uuid, e)
-    return Prepared(record.uuid, [a.name for a in record.apps])
+    return Prepared(record.uuid, [a.name for a in record.apps], kept)
+
+
+def prepare_again(state: Path, source: Source) -> Prepared | None:
+    """Prepare a pod from the template that ``source`` names, if it is still the one a
+    full :func:`prepare` would take (its references resolve to the same images, and the
+    rest of its key holds); None otherwise, and nothing is left behind."""
+    require_root("preparing a pod")
+    from podmgr.store import Store
+
+    if not enabled():
+        return None
+    try:
+        store = Store.open(state)
+    except PodmgrError:
+        return None
+    ids = _resolve(store, source.refs)
+    if ids is None:
+        return None
+    return _clone(state, store, _key(state, source.spec, ids), source)
 
 
 # ---- keys ---------------------------------------------------------------------------------
 
 
-def _resolve(store: Store, spec: PodSpec) -> list[str] | None:
-    """The stored image IDs the spec's references name, or None to take the full path."""
-    from podmgr.fetch import PullPolicy, ref_kind
+def _pull_new(spec: PodSpec) -> bool:
+    """Whether the spec takes stored images as they are (not ``--pull-policy=update``)."""
+    from podmgr.fetch import PullPolicy
 
-    policy = getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW)
-    if policy is PullPolicy.UPDATE or not spec.apps:
+    return getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW) is not PullPolicy.UPDATE
+
+
+def _resolve(store: Store, refs: Sequence[str]) -> list[str] | None:
+    """The stored image IDs the references name, or None to take the full path."""
+    from podmgr.fetch import ref_kind
+
+    if not refs:
         return None
     ids = []
     try:
-        for a in spec.apps:
-            if a.image.lower().startswith("sha512-"):
-                ids.append(store.resolve(a.image))
-            elif ref_kind(a.image) == "name":
+        for ref in refs:
+            if ref.lower().startswith("sha512-"):
+                ids.append(store.resolve(ref))
+            elif ref_kind(ref) == "name":
                 from podmgr.fetch.appstring import parse_app_string
 
-                app = parse_app_string(a.image)
+                app = parse_app_string(ref)
                 found = store.find(app.name, {k: app.labels[k] for k in app.explicit})
                 if not found:
                     return None
@@ -138,9 +177,9 @@ def _resolve(store: Store, spec: PodSpec) -> list[str] | None:
 _HOST_FILES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf", "/etc/hosts")
 
 
-def _host_files(spec: PodSpec) -> dict[str, str | None]:
-    names = spec.names
-    if names is None or not (names.dns or names.dns_search or names.dns_opt or names.hosts_entries):
+def _host_files(spec: dict[str, Any]) -> dict[str, str | None]:
+    names = spec.get("names") or {}
+    if not any(names.get(k) for k in ("dns", "dns_search", "dns_opt", "hosts_entries")):
         return {}
     out: dict[str, str | None] = {}
     import hashlib
@@ -169,7 +208,15 @@ class _Key:
     text: str
 
 
-def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> _Key:
+def spec_doc(spec: PodSpec) -> dict[str, Any]:
+    """The spec as a template's key has it: plain JSON values, without the fetch options
+    (which only matter to a full prepare)."""
+    doc = dataclasses.asdict(dataclasses.replace(spec, fetch_options=None))
+    plain: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    return plain
+
+
+def _key(state: Path, spec: dict[str, Any], ids: Sequence[str]) -> _Key:
     doc = {
         # Paths into the state directory are everywhere in a pod's files.
         "state": os.path.abspath(state),
@@ -179,14 +226,21 @@ def _key(state: Path, spec: PodSpec, ids: Sequence[str]) -> _Key:
         "python": sys.executable,
         "package": os.path.dirname(os.path.abspath(__file__)),
         "jeepney": _origin("jeepney"),
-        "spec": dataclasses.asdict(dataclasses.replace(spec, fetch_options=None)),
+        "spec": spec,
         "ids": list(ids),
-        "env": dict(os.environ) if spec.inherit_env else {k: os.environ.get(k) for k in _ENV_READ},
+        "env": dict(os.environ)
+        if spec.get("inherit_env")
+        else {k: os.environ.get(k) for k in _ENV_READ},
         "host_files": _host_files(spec),
     }
     text = json.dumps(doc, sort_keys=True, default=str)
+    return _Key(checksum(text), text)
+
+
+def checksum(text: str) -> str:
+    """A file name for ``text``; whoever uses it compares the text it keeps beside."""
     raw = text.encode()
-    return _Key(f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}{len(raw):x}", text)
+    return f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}{len(raw):x}"
 
 
 # ---- identity -----------------------------------------------------------------------------
@@ -243,10 +297,11 @@ def _copy(src: Path, dst: Path, old: Sequence[bytes], new: Sequence[bytes]) -> N
 # ---- save and clone -----------------------------------------------------------------------
 
 
-def _save(state: Path, store: Store, key: _Key, record: Any) -> None:
+def _save(state: Path, store: Store, key: _Key, record: Any) -> bool:
+    """Keep the pod as the key's template; whether it was kept."""
     ids = [a.image_id for a in record.apps]
     if any(store.dependency_closure(i) != [i] for i in ids):
-        return
+        return False
     manifest = json.loads((state / "pods" / record.uuid / "manifest").read_bytes())
     host_sources = [v["source"] for v in manifest.get("volumes", []) if v.get("kind") == "host"]
     tdir = templates_dir(state)
@@ -273,9 +328,11 @@ def _save(state: Path, store: Store, key: _Key, record: Any) -> None:
         os.rename(tmp, final)
     except _NotCopyable as e:
         log.debug("pod %s not kept as a template: %s", record.uuid, e)
+        return False
     finally:
         rmtree(tmp, ignore_errors=True)
     _evict(tdir)
+    return True
 
 
 def _evict(tdir: Path) -> None:
@@ -311,7 +368,7 @@ def _drop(tdir: Path, why: str) -> None:
     rmtree(tdir, ignore_errors=True)
 
 
-def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
+def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | None:
     from podmgr import metadata, rootfs
 
     tdir = templates_dir(state) / key.name
@@ -327,8 +384,8 @@ def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
     if not all(Path(p).is_dir() for p in meta["lowers"]):
         _drop(tdir, "an image's tree is gone")
         return None
-    for source in meta["host_sources"]:
-        rootfs.check_host_source(source)  # the error the full path would give
+    for host_source in meta["host_sources"]:
+        rootfs.check_host_source(host_source)  # the error the full path would give
     uuid = str(uuidlib.uuid4())
     token = metadata.new_token()
     pods = state / "pods"
@@ -366,7 +423,7 @@ def _clone(state: Path, store: Store, key: _Key) -> Prepared | None:
     with contextlib.suppress(OSError):
         os.utime(tdir)  # recently used
     log.debug("pod %s prepared from template %s", uuid, key.name)
-    return Prepared(uuid, list(meta["apps"]))
+    return Prepared(uuid, list(meta["apps"]), source)
 
 
 def _identity_like(old_uuid: str, old_token: str, uuid: str, token: str) -> list[bytes]:

@@ -7,7 +7,6 @@ pod options come before the first image; app options apply to the image before t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +302,9 @@ def _fetch_options(kw: dict[str, Any]) -> Any:
     )
 
 
-def _prepare(ctx: Ctx, kw: dict[str, Any]) -> Any:
+def _prepare(ctx: Ctx, kw: dict[str, Any], command: str | None = None) -> Any:
+    """Prepare the pod; for ``command`` (run or start), record the command line for
+    :mod:`podmgr.fastpath` when its parse depends on its text alone."""
     from podmgr import podtemplate
 
     record = podtemplate.prepare(ctx.dir, _pod_spec(ctx, kw))
@@ -311,16 +312,11 @@ def _prepare(ctx: Ctx, kw: dict[str, Any]) -> Any:
         from podmgr.fsutil import atomic_write
 
         atomic_write(kw["uuid_file_save"], record.uuid + "\n")
+    elif command and not (kw["set_env_file"] or kw["pod_manifest"] or kw.get("interactive")):
+        from podmgr import fastpath
+
+        fastpath.remember(fastpath.ARGV, command, record.source)
     return record
-
-
-def _emitter(multi: bool) -> Any:
-    def out(e: Any) -> None:
-        line = f"{e.app} | {e.message}" if multi else e.message
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    return out
 
 
 @click.command(context_settings=_SETTINGS, epilog=APP_OPTIONS_HELP)
@@ -329,9 +325,9 @@ def _emitter(multi: bool) -> Any:
 @click.pass_obj
 def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
     """Run a pod attached: stream its output, exit with its exit code."""
-    from podmgr import launch
+    from podmgr import fastpath, launch
 
-    record = _prepare(ctx, kw)
+    record = _prepare(ctx, {**kw, "interactive": interactive}, "run")
     if interactive:
         from podmgr import enter
 
@@ -342,7 +338,7 @@ def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
             raise click.UsageError("--interactive needs exactly one app")
         return enter.run_interactive(ctx.dir, record.uuid, bus=ctx.bus)
     return launch.run_attached(
-        ctx.dir, record.uuid, bus=ctx.bus, emit=_emitter(len(record.apps) > 1)
+        ctx.dir, record.uuid, bus=ctx.bus, emit=fastpath.emitter(len(record.apps) > 1)
     )
 
 
@@ -351,16 +347,10 @@ def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
 @click.pass_obj
 def start(ctx: Ctx, /, **kw: Any) -> None:
     """Start a pod detached; print its UUID once every app has started."""
-    from podmgr import launch
+    from podmgr import fastpath
 
-    record = _prepare(ctx, kw)
-    try:
-        launch.start(ctx.dir, record.uuid, bus=ctx.bus)
-    except BaseException:
-        from podmgr import podctl
-
-        podctl.remove(ctx.dir, record.uuid, bus=ctx.bus)
-        raise
+    record = _prepare(ctx, kw, "start")
+    fastpath.start(ctx.dir, record.uuid, ctx.bus)
     click.echo(record.uuid)
 
 
@@ -402,8 +392,10 @@ def run_prepared(ctx: Ctx, detach: bool, uuid_file: Path | None, uuid: str | Non
         launch.start(ctx.dir, u, bus=ctx.bus)
         click.echo(u)
         return 0
+    from podmgr.fastpath import emitter
+
     apps = launch.load_record(ctx.dir / "pods" / u)["apps"]
-    return launch.run_attached(ctx.dir, u, bus=ctx.bus, emit=_emitter(len(apps) > 1))
+    return launch.run_attached(ctx.dir, u, bus=ctx.bus, emit=emitter(len(apps) > 1))
 
 
 @click.command()
@@ -526,7 +518,9 @@ def logs(
 
     u = _uuid(ctx, uuid, uuid_file)
     record = podstate.load(podstate.pod_dir(ctx.dir, u))
-    out = _emitter(len(record.apps) > 1 and app is None)
+    from podmgr.fastpath import emitter
+
+    out = emitter(len(record.apps) > 1 and app is None)
     if follow:
         f = journal.Follower(u, app=app, since=since, lines=lines)
         try:

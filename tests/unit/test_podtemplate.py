@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,10 @@ def test_every_spelling_of_the_identity_is_rewritten() -> None:
     assert doc["hostname"] == names.machine_name(NEW)
 
 
+def _k(state: Path, spec: PodSpec, ids: list[str]) -> Any:
+    return podtemplate._key(state, podtemplate.spec_doc(spec), ids)
+
+
 S = Path("/var/lib/podmgr")
 SPEC = PodSpec(apps=[AppSpec(image="example.com/app", environment={"A": "1"})])
 
@@ -59,22 +64,22 @@ SPEC = PodSpec(apps=[AppSpec(image="example.com/app", environment={"A": "1"})])
     ],
 )
 def test_any_other_option_is_another_key(other: PodSpec) -> None:
-    key, mine = podtemplate._key(S, other, ["sha512-a"]), podtemplate._key(S, SPEC, ["sha512-a"])
+    key, mine = _k(S, other, ["sha512-a"]), _k(S, SPEC, ["sha512-a"])
     assert key.text != mine.text and key.name != mine.name  # another directory
 
 
 def test_keys_follow_images_and_inherited_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = podtemplate._key(S, SPEC, ["sha512-a"])
-    assert podtemplate._key(S, SPEC, ["sha512-a"]) == key
-    assert podtemplate._key(S, SPEC, ["sha512-b"]) != key
-    assert podtemplate._key(Path("/srv/podmgr"), SPEC, ["sha512-a"]) != key
+    key = _k(S, SPEC, ["sha512-a"])
+    assert _k(S, SPEC, ["sha512-a"]) == key
+    assert _k(S, SPEC, ["sha512-b"]) != key
+    assert _k(Path("/srv/podmgr"), SPEC, ["sha512-a"]) != key
     inherit = dataclasses.replace(SPEC, inherit_env=True)
-    before = podtemplate._key(S, inherit, ["sha512-a"])
+    before = _k(S, inherit, ["sha512-a"])
     monkeypatch.setenv("SOMETHING_ELSE", "1")
-    assert podtemplate._key(S, inherit, ["sha512-a"]) != before
-    assert podtemplate._key(S, SPEC, ["sha512-a"]) == key  # not read without --inherit-env
+    assert _k(S, inherit, ["sha512-a"]) != before
+    assert _k(S, SPEC, ["sha512-a"]) == key  # not read without --inherit-env
     monkeypatch.setenv("PODMGR_METADATA_URL", "http://10.0.0.1:1")
-    assert podtemplate._key(S, SPEC, ["sha512-a"]) != key
+    assert _k(S, SPEC, ["sha512-a"]) != key
 
 
 def test_templates_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,9 +96,9 @@ def test_host_files_copied_into_the_pod_are_part_of_the_key(
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.1\n")
     monkeypatch.setattr(podtemplate, "_HOST_FILES", (str(resolv),))
-    plain = podtemplate._key(S, SPEC, ["sha512-a"])
+    plain = _k(S, SPEC, ["sha512-a"])
     spec = dataclasses.replace(SPEC, names=Names(dns=("host",)))
-    key = podtemplate._key(S, spec, ["sha512-a"])
+    key = _k(S, spec, ["sha512-a"])
     resolv.write_text("nameserver 192.0.2.2\n")
-    assert podtemplate._key(S, spec, ["sha512-a"]) != key
-    assert podtemplate._key(S, SPEC, ["sha512-a"]) == plain  # not read without the options
+    assert _k(S, spec, ["sha512-a"]) != key
+    assert _k(S, SPEC, ["sha512-a"]) == plain  # not read without the options
