@@ -158,13 +158,23 @@ def app_ended(
     states = sd.read_properties([slice_unit, *others], ("ActiveState", "Job"))
     pod = states.pop(slice_unit)
     if pod["ActiveState"] in ("deactivating", "inactive") or pod["Job"][0]:
-        return  # a slice's only job once its apps run is its stop
+        # A slice's only job once its apps run is its stop: the pod is ending.
+        _unmount_roots(apps)
+        return
     if socket_activated(pdir, app):
         with contextlib.suppress(SystemdError):
             sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
     policy = record.get("exit_policy", "on-any-failure")
     if stops_pod(apps, app, exit, any(map(alive, states.values())), policy):
+        # Once the stop job is queued no app starts again, so the roots can go.
         sd.stop_unit(slice_unit, wait=False)
+        _unmount_roots(apps)
+
+
+def _unmount_roots(apps: Sequence[Mapping[str, Any]]) -> None:
+    from podmgr.rootfs import unmount_roots
+
+    unmount_roots([a["rootfs"] for a in apps])
 
 
 def stops_pod(

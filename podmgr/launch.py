@@ -40,8 +40,9 @@ from podmgr.fsutil import atomic_write
 
 log = logger.get(__name__)
 
-#: plan.json's format; a different one is planned again (see the module doc).
-PLAN_VERSION = 1
+#: plan.json's format; a different one is planned again (see the module doc). 2: the
+#: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root).
+PLAN_VERSION = 2
 #: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
 POD_RECORD_VERSION = 1
 
@@ -191,7 +192,12 @@ def start(
     host = record.get("net", "host") == "host"
     if not host:
         from podmgr import network
+    from podmgr.rootfs import mount_root, unmount_roots
+
+    roots = [a["rootfs"] for a in apps]
     try:
+        for a in apps:
+            mount_root(a["rootfs"], a["lower"])
         if not host:
             network.setup(
                 pdir,
@@ -205,11 +211,12 @@ def start(
             try:
                 sd.start_transient_units(batch)
             except PodmgrError:
-                teardown_units(sd, uuid, [a["rootfs_unit"] for a in apps])
+                teardown_units(sd, uuid, roots)
                 raise
             _register_machine(sd, uuid, apps)
     except BaseException:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
+        unmount_roots(roots)
         if not host:
             try:
                 network.teardown(pdir, uuid)
@@ -237,17 +244,16 @@ def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> 
         log.info("pod %s not registered with machined: %s", uuid, e)
 
 
-def teardown_units(
-    sd: Any, uuid: str, mount_units: Sequence[str], services: Sequence[str] = ()
-) -> None:
-    """Stop a pod's slice and mounts (so its apps too) and reset what failed."""
+def teardown_units(sd: Any, uuid: str, roots: Sequence[str], services: Sequence[str] = ()) -> None:
+    """Stop a pod's slice (so its apps too), unmount its apps' roots, reset what failed."""
+    from podmgr.rootfs import unmount_roots
     from podmgr.systemd import BusError
 
-    units = [names.pod_slice(uuid), *mount_units]
-    for name in units:
-        with contextlib.suppress(BusError):
-            sd.stop_unit(name)
-    for name in [*units, *services]:
+    slice_unit = names.pod_slice(uuid)
+    with contextlib.suppress(BusError):
+        sd.stop_unit(slice_unit)
+    unmount_roots(roots)
+    for name in [slice_unit, *services]:
         with contextlib.suppress(BusError):
             sd.reset_failed_unit(name)
 
@@ -315,6 +321,9 @@ def wait(
                 network.teardown(pdir, uuid)
             except PodmgrError as e:
                 log.info("pod %s: %s; the net unit retries", uuid, e.message)
+        from podmgr.rootfs import unmount_roots
+
+        unmount_roots([a["rootfs"] for a in apps])
         with contextlib.suppress(systemd.NoSuchUnitError):
             sd.stop_unit(slice_unit)
         # Exit hooks started when their apps ended (unless skipped while attached); once
@@ -371,9 +380,11 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
     import signal
 
     from podmgr import systemd
+    from podmgr.rootfs import unmount_roots
 
     require_root("stopping a pod")
-    if load_record(state / "pods" / uuid).get("started") is None:
+    record = load_record(state / "pods" / uuid)
+    if record.get("started") is None:
         raise ConflictError(f"pod {uuid} has not been started", hint=f"podmgr rm {uuid}")
     with systemd.connect(bus) as sd:
         slice_unit = names.pod_slice(uuid)
@@ -382,6 +393,8 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
                 sd.kill_unit(slice_unit, int(signal.SIGKILL))
         with contextlib.suppress(systemd.NoSuchUnitError):
             sd.stop_unit(slice_unit)
+    # Once the apps are gone (the exit hooks do the same, perhaps after this returns).
+    unmount_roots([a["rootfs"] for a in record["apps"]])
 
 
 def run_attached(

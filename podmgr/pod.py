@@ -395,7 +395,6 @@ def plan(
             restart=a.restart,
             notify=a.notify,
             rootfs=a.rootfs,
-            rootfs_unit=a.rootfs_unit,
             sockets=tuple(sockets_of(state, record.uuid, a.name, manifest)),
         )
         for a in record.apps
@@ -467,20 +466,11 @@ def unit_batch(state: Path, record: PodRecord, manifest: Any = None) -> launch.B
     if p.netns_path:
         batch.append((units.net_unit(record.uuid), units.net_unit_properties(p), []))
     services = [units.app_service(record.uuid, a.name) for a in p.apps]
-    for i, (a, rec) in enumerate(zip(p.apps, record.apps, strict=True)):
-        pdir = Path(rec.rootfs).parent
-        mount = units.mount_properties(
-            lower=list(rec.lower),
-            upper=str(pdir / "upper"),
-            work=str(pdir / "work"),
-            where=rec.rootfs,
-            pod_slice_unit=units.pod_slice(record.uuid),
-        )
+    for i, a in enumerate(p.apps):
         others = [s for s in services if s != services[i]]
         props = units.app_properties(a, p, others=others)
         hook_props = units.exit_hook_properties(p, a.name)
         aux = [
-            (rec.rootfs_unit, mount),
             (units.exit_hook_unit(record.uuid, a.name), hook_props),
             (units.exit_hook_unit(record.uuid, a.name, failed=True), hook_props),
         ]

@@ -255,7 +255,7 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
             if derive_state(record, _unit_states(sd)) is PodState.RUNNING:
                 raise ConflictError(f"pod {uuid} is running", hint=f"podmgr stop {uuid} first")
             launch.teardown_units(
-                sd, record.uuid, [a.rootfs_unit for a in record.apps], [a.unit for a in record.apps]
+                sd, record.uuid, [a.rootfs for a in record.apps], [a.unit for a in record.apps]
             )
     from podmgr import network
     from podmgr.process import run

@@ -63,6 +63,7 @@ class AppRecord(_Record):
     notify: bool = False
     lower: tuple[str, ...]
     rootfs: str
+    #: The mount unit systemd shows for ``rootfs`` while podmgr has it mounted.
     rootfs_unit: str
 
     def bind_list(self) -> tuple[Bind, ...]:

@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 log = logger.get(__name__)
 
-TEMPLATE_VERSION = 1
+#: 2: plan.json 2 (the apps' roots are podmgr's mounts).
+TEMPLATE_VERSION = 2
 #: Templates kept per state directory.
 KEEP = 16
 #: Environment variables whose values prepare reads (besides --inherit-env's).

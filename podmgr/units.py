@@ -184,9 +184,9 @@ class AppPlan:
     restart: RestartPolicy = RestartPolicy.NO
     #: The app tells systemd when it is ready (sd_notify): Type=notify.
     notify: bool = False
-    #: Path of the mounted overlay (RootDirectory) and the mount unit providing it.
+    #: Path of the overlay (RootDirectory) that podmgr mounts at the pod's start
+    #: (:func:`podmgr.rootfs.mount_roots`).
     rootfs: str = ""
-    rootfs_unit: str = ""
     #: Ports declared ``socketActivated: true``: systemd listens, the app gets the fds.
     sockets: tuple[SocketPort, ...] = ()
 
@@ -354,26 +354,6 @@ def slice_properties(pod: PodPlan) -> dict[str, Any]:
     return props
 
 
-def mount_properties(
-    *, lower: Sequence[str], upper: str, work: str, where: str, pod_slice_unit: str
-) -> dict[str, Any]:
-    """A transient overlay mount unit for an app's root filesystem."""
-    # overlayfs lists lower layers top-first.
-    opts = f"lowerdir={':'.join(reversed(lower))},upperdir={upper},workdir={work}"
-    return {
-        "Description": f"podmgr app root {where}",
-        "What": "overlay",
-        "Where": where,
-        "Type": "overlay",
-        "Options": opts,
-        # The mount lives as long as the pod's slice. (StopWhenUnneeded= would unmount it
-        # while a restarting app waits in auto-restart, and BindsTo= would then stop it.)
-        "BindsTo": [pod_slice_unit],
-        "After": [pod_slice_unit],
-        "CollectMode": "inactive-or-failed",
-    }
-
-
 def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
     """The oneshot unit that records an app's exit and applies the pod's exit policy.
 
@@ -508,9 +488,9 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         "Slice": pod_slice(pod.uuid),
         "CollectMode": "inactive-or-failed",
         "Type": "exec",
+        # The overlay is podmgr's mount, made before the units start (rootfs.mount_roots);
+        # RootDirectory= adds RequiresMountsFor= on it once systemd has seen it.
         "RootDirectory": app.rootfs,
-        "BindsTo": [app.rootfs_unit],
-        "After": [app.rootfs_unit],
         "User": str(app.uid),
         "Group": str(app.gid),
         "SupplementaryGroups": [str(g) for g in app.supplementary_gids],
@@ -585,8 +565,8 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     if pod.netns_path:
         props["NetworkNamespacePath"] = pod.netns_path
         if pod.net_hook:
-            props["BindsTo"] = [*props["BindsTo"], net_unit(pod.uuid)]
-            props["After"] = [*props["After"], net_unit(pod.uuid)]
+            props["BindsTo"] = [net_unit(pod.uuid)]
+            props["After"] = [net_unit(pod.uuid)]
     if app.sockets:
         # The socket listens before the app starts and passes its fds; the app still
         # starts with the pod, and keeps the same sockets across restarts. Once the app
@@ -594,7 +574,7 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         # reopen them at every restart).
         sock = socket_unit(pod.uuid, app.name)
         props["Requires"] = [sock]
-        props["After"] = [*props["After"], sock]
+        props["After"] = [*props.get("After", []), sock]
     if others:
         props["JoinsNamespaceOf"] = list(others)
     return props

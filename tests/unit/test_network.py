@@ -127,7 +127,7 @@ def test_summary_of_a_result() -> None:
 
 def test_apps_join_the_pods_netns() -> None:
     app = units.AppPlan(
-        name="a", exec=("/bin/true",), uid=0, gid=0, rootfs="/r", rootfs_unit="r.mount"
+        name="a", exec=("/bin/true",), uid=0, gid=0, rootfs="/r"
     )
     pod = units.PodPlan(
         uuid="00000000-0000-0000-0000-000000000001",

@@ -20,7 +20,6 @@ def app(*sockets: units.SocketPort) -> units.AppPlan:
         uid=1000,
         gid=1000,
         rootfs="/r",
-        rootfs_unit="r.mount",
         sockets=sockets,
     )
 
@@ -90,7 +89,7 @@ def test_the_service_requires_its_socket() -> None:
     props = units.app_properties(a, pod(a, netns=True))
     sock = units.socket_unit(UUID, "web")
     assert props["Requires"] == [sock]
-    assert sock in props["After"] and "r.mount" in props["After"]
+    assert sock in props["After"]
     # Not PropagatesStopTo=: that would reopen the sockets at every restart.
     assert "PropagatesStopTo" not in props
     plain = units.app_properties(app(), pod(app(), netns=True))
