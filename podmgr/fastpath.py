@@ -8,7 +8,7 @@ prepared a pod from a template, or kept one, it records that parse (:func:`remem
 under the exact command line: the arguments after the command, the state directory, the
 working directory and the environment click reads. The next identical command line
 (:func:`main`, called by ``podmgr.__main__`` before click is imported) looks the record
-up, resolves its image references again and clones the template the full path would
+up, looks its images up in the store again and clones the template the full path would
 take, then starts the pod as click's command would. Anything else (another command line,
 a changed store, a template gone) falls through to click, which has the last word.
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logger.get(__name__)
 
 #: The record format; another one is a miss.
-VERSION = 1
+VERSION = 2
 #: The commands taken here.
 COMMANDS = ("run", "start")
 #: Records kept per state directory (least recently used go).
@@ -105,7 +105,7 @@ def remember(argv: Sequence[str] | None, command: str, source: Any) -> None:
     import json
 
     _, _, path, text = found
-    doc = {"argv": text, "spec": source.spec, "refs": source.refs}
+    doc = {"argv": text, "spec": source.spec, "lookups": source.lookups}
     from podmgr.fsutil import atomic_write
 
     try:
@@ -131,13 +131,13 @@ def main(argv: Sequence[str]) -> int | None:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    if not isinstance(doc, dict) or doc.get("argv") != text:
+    if not isinstance(doc, dict) or doc.get("argv") != text or "lookups" not in doc:
         return None
     from podmgr import podtemplate
 
     if os.geteuid() != 0:
         return None  # click's path says what is wrong
-    source = podtemplate.Source(doc["spec"], doc["refs"])
+    source = podtemplate.Source(doc["spec"], doc["lookups"])
     prepared = podtemplate.prepare_again(state, source)
     if prepared is None:
         return None

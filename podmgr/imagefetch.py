@@ -269,7 +269,7 @@ class _Fetcher:
         expected_id: str | None = None,
         source: str = "url",
     ) -> Fetched:
-        from podmgr.store import Remote
+        from podmgr.storerecords import Remote
 
         remote = self.store.remote(url)
         if remote is not None and self._fresh(remote):

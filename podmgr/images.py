@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from podmgr.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from podmgr.store import ImageInfo, Store
+    from podmgr.store import Store
+    from podmgr.storerecords import ImageInfo
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from podmgr import logger
 
 log = logger.get(__name__)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """A journal entry of a pod's app (a NamedTuple: dataclasses costs `run` 5-7 ms)."""
+
     app: str
     message: str
     cursor: str

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podmgr import __version__, logger, names, sdnotify
 from podmgr.errors import (
@@ -156,12 +156,18 @@ def pod_exit_code(pdir: Path, apps: Sequence[str]) -> int | None:
 
 
 def start(
-    state: Path, uuid: str, *, bus: str | None = None, stdio: Sequence[int] | None = None
+    state: Path,
+    uuid: str,
+    *,
+    bus: str | None = None,
+    stdio: Sequence[int] | None = None,
+    queued: Callable[[], object] | None = None,
 ) -> None:
     """Start a prepared pod's units; returns once every app's start job is done.
 
     ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
-    instead of the journal (``run --interactive``)."""
+    instead of the journal (``run --interactive``). ``queued``: called once systemd has
+    queued the start jobs, while this waits for them."""
     from podmgr import systemd, userdb
 
     require_root("starting a pod")
@@ -209,7 +215,7 @@ def start(
             )
         with systemd.connect(bus) as sd:
             try:
-                sd.start_transient_units(batch)
+                sd.start_transient_units(batch, queued=queued)
             except PodmgrError:
                 teardown_units(sd, uuid, roots)
                 raise
@@ -284,7 +290,6 @@ def wait(
     ``meanwhile``: run in a thread once every app has ended, beside the pod's teardown
     (``run``'s last lines of output); it must handle its own errors."""
     from podmgr import systemd
-    from podmgr.hook import app_ended, exit_from_unit, record_exit
 
     pdir = state / "pods" / uuid
     record = load_record(pdir)
@@ -297,6 +302,8 @@ def wait(
         if starting is not None:
             starting()
         for unit, final in exits:
+            from podmgr.hook import app_ended, exit_from_unit, record_exit
+
             a = left.pop(unit)
             ex = exit_from_unit(final)
             # What the app's exit hook records from the same properties; whichever of
@@ -368,6 +375,20 @@ def attach(pdir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def prefetch(*modules: str) -> None:
+    """Import ``modules`` in a thread: called while this one waits for systemd (the GIL
+    is free then), it spares the imports' time later. A module imported meanwhile by
+    this thread waits for the other's import to finish (import locks)."""
+    import importlib
+
+    def imports() -> None:
+        for m in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(m)
+
+    threading.Thread(target=imports, name="prefetch", daemon=True).start()
+
+
 def _has_sockets(pdir: Path) -> bool:
     doc = _plan_doc(pdir)
     if doc is None:
@@ -409,7 +430,8 @@ def run_attached(
 
     Attached (:func:`attach`): this applies the pod's exit policy, not the exit hooks.
     Ctrl-C or SIGTERM stops the pod (then returns 130)."""
-    from podmgr import journal
+    if TYPE_CHECKING:
+        from podmgr import journal
 
     # The output is followed (journalctl -f) only once the pod has run FOLLOW_AFTER: a
     # pod that is done by then gets one read at the end, and no follower competes with
@@ -423,6 +445,8 @@ def run_attached(
 
     def follow() -> None:
         nonlocal follower, pump
+        from podmgr import journal
+
         with lock:
             if tailed:
                 return
@@ -450,6 +474,8 @@ def run_attached(
             timer.cancel()
         if timer.is_alive():
             timer.join()  # a thread left running would cost the fast exit (__main__.entry)
+        from podmgr import journal
+
         try:
             journal.sync()
         except PodmgrError as e:
@@ -465,7 +491,8 @@ def run_attached(
                 emit(entry)
 
     def starting() -> None:
-        start(state, uuid, bus=bus)
+        # What the rest of the run imports, imported while systemd starts the pod.
+        start(state, uuid, bus=bus, queued=lambda: prefetch("podmgr.hook", "podmgr.journal"))
         # Under systemd (a podmgr-generator unit, Type=notify): every app's start job is
         # done.
         sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")

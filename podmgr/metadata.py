@@ -30,11 +30,9 @@ import re
 import socket
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from podmgr import logger
 from podmgr.errors import InvalidError, UsageError
@@ -232,6 +230,8 @@ def _mac(key: bytes, uuid: str, content: bytes) -> bytes:
     from cryptography.hazmat.primitives import hmac as chmac
 
     h = chmac.HMAC(key, hashes.SHA512())
+    import uuid as uuidlib
+
     h.update(uuidlib.UUID(uuid).bytes)
     h.update(content)
     return h.finalize()
@@ -258,8 +258,7 @@ def verify(key: bytes, uuid: str, content: bytes, signature: str) -> bool:
 # ---- answering requests (pure: state in, response out) -----------------------------------
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     status: int
     body: bytes = b""
     content_type: str = TEXT
@@ -356,6 +355,8 @@ class Handler:
         content = form["content"].encode("latin-1")
         if op == "sign":
             return Response(200, sign(self.key(), record.uuid, content).encode("ascii"), TEXT)
+        import uuid as uuidlib
+
         try:
             other = str(uuidlib.UUID(form.get("uuid", "")))
         except ValueError:

@@ -7,10 +7,21 @@ manifest schema.
 from __future__ import annotations
 
 import enum
+import os
 from typing import NamedTuple
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID, as :func:`uuid.uuid4` gives it, without importing
+    :mod:`uuid` (2-3 ms of every ``podmgr run``)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def pod_hex(uuid: str) -> str:

@@ -21,14 +21,13 @@ import itertools
 import os
 import shutil
 import sys
-import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from podmgr import launch, logger, metadata, podstate, rootfs, units
 from podmgr.errors import InvalidError, UsageError, require_root
-from podmgr.names import ATTACH_LOCK
+from podmgr.names import ATTACH_LOCK, new_uuid
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
 
@@ -237,7 +236,7 @@ def prepare(state: Path, spec: PodSpec) -> PodRecord:
     require_root("preparing a pod")
     images = Images(state, spec.fetch_options)
     manifest, manifests = build_manifest(spec, images)
-    uuid = str(uuidlib.uuid4())
+    uuid = new_uuid()
     pods = podstate.pods_dir(state)
     pods.mkdir(parents=True, exist_ok=True)
     final = pods / uuid

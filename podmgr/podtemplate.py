@@ -33,23 +33,21 @@ kept (least recently used go). ``PODMGR_TEMPLATES=0`` turns templates off.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import stat
 import sys
-import uuid as uuidlib
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from podmgr import __version__, launch, logger, names
 from podmgr.errors import PodmgrError, require_root
 from podmgr.fsutil import rmtree
-from podmgr.podspec import PodSpec
 
 if TYPE_CHECKING:
+    from podmgr.podspec import PodSpec
     from podmgr.store import Store
 
 log = logger.get(__name__)
@@ -62,23 +60,25 @@ KEEP = 16
 _ENV_READ = ("PODMGR_METADATA_URL",)
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
+# NamedTuples, not dataclasses, on the start-up path: dataclasses imports inspect (with
+# ast, dis and tokenize), 5-7 ms of every `podmgr run`.
+
+
+class Source(NamedTuple):
+    """A template's inputs: the spec as the key has it (:func:`spec_doc`) and how to look
+    its images up in the store again on every use (:func:`lookups`)."""
+
+    spec: dict[str, Any]
+    lookups: list[list[Any]]
+
+
+class Prepared(NamedTuple):
     """A prepared pod: its UUID and its apps' names; ``source``, when the pod came from a
     template or was kept as one, is what :func:`prepare_again` needs to clone it again."""
 
     uuid: str
     apps: list[str]
     source: Source | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A template's inputs: the spec as the key has it (:func:`spec_doc`) and the image
-    references that resolved to its images (resolved again on every use)."""
-
-    spec: dict[str, Any]
-    refs: list[str]
 
 
 def enabled() -> bool:
@@ -98,8 +98,8 @@ def prepare(state: Path, spec: PodSpec) -> Prepared:
     if enabled() and spec.pod_manifest is None and _pull_new(spec):
         with contextlib.suppress(PodmgrError):  # the full path reports it
             store = Store.open(state)
-        source = Source(spec_doc(spec), [a.image for a in spec.apps])
-        ids = None if store is None else _resolve(store, source.refs)
+        source = Source(spec_doc(spec), lookups([a.image for a in spec.apps]))
+        ids = None if store is None else _resolve(store, source.lookups)
         if store is not None and ids is not None:
             key = _key(state, source.spec, ids)
             hit = _clone(state, store, key, source)
@@ -131,7 +131,7 @@ def prepare_again(state: Path, source: Source) -> Prepared | None:
         store = Store.open(state)
     except PodmgrError:
         return None
-    ids = _resolve(store, source.refs)
+    ids = _resolve(store, source.lookups)
     if ids is None:
         return None
     return _clone(state, store, _key(state, source.spec, ids), source)
@@ -147,22 +147,40 @@ def _pull_new(spec: PodSpec) -> bool:
     return getattr(spec.fetch_options, "pull_policy", PullPolicy.NEW) is not PullPolicy.UPDATE
 
 
-def _resolve(store: Store, refs: Sequence[str]) -> list[str] | None:
-    """The stored image IDs the references name, or None to take the full path."""
+def lookups(refs: Sequence[str]) -> list[list[Any]]:
+    """How to find each referenced image in the store: ``["id", ID]`` or ``["name", NAME,
+    {label: value}]`` (the labels given); ``[]`` for a reference that takes the full
+    path (a file or URL)."""
     from podmgr.fetch import ref_kind
+    from podmgr.fetch.appstring import parse_app_string
 
-    if not refs:
+    out: list[list[Any]] = []
+    for ref in refs:
+        if ref.lower().startswith("sha512-"):
+            out.append(["id", ref])
+        elif ref_kind(ref) == "name":
+            try:
+                app = parse_app_string(ref)
+            except PodmgrError:
+                out.append([])  # the full path reports it
+                continue
+            out.append(["name", app.name, {k: app.labels[k] for k in app.explicit}])
+        else:
+            out.append([])
+    return out
+
+
+def _resolve(store: Store, lookups: Sequence[Sequence[Any]]) -> list[str] | None:
+    """The stored image IDs the lookups find, or None to take the full path."""
+    if not lookups:
         return None
     ids = []
     try:
-        for ref in refs:
-            if ref.lower().startswith("sha512-"):
-                ids.append(store.resolve(ref))
-            elif ref_kind(ref) == "name":
-                from podmgr.fetch.appstring import parse_app_string
-
-                app = parse_app_string(ref)
-                found = store.find(app.name, {k: app.labels[k] for k in app.explicit})
+        for how in lookups:
+            if how and how[0] == "id":
+                ids.append(store.resolve(how[1]))
+            elif how and how[0] == "name":
+                found = store.find(how[1], dict(how[2]))
                 if not found:
                     return None
                 ids.append(found[0])
@@ -201,8 +219,7 @@ def _origin(module: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Key:
+class _Key(NamedTuple):
     #: The template's directory: a checksum of ``text``, which template.json keeps, so a
     #: collision is a miss. (Not hashlib: OpenSSL's import alone costs 5 ms per run.)
     name: str
@@ -212,6 +229,8 @@ class _Key:
 def spec_doc(spec: PodSpec) -> dict[str, Any]:
     """The spec as a template's key has it: plain JSON values, without the fetch options
     (which only matter to a full prepare)."""
+    import dataclasses
+
     doc = dataclasses.asdict(dataclasses.replace(spec, fetch_options=None))
     plain: dict[str, Any] = json.loads(json.dumps(doc, default=str))
     return plain
@@ -387,7 +406,7 @@ def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | N
         return None
     for host_source in meta["host_sources"]:
         rootfs.check_host_source(host_source)  # the error the full path would give
-    uuid = str(uuidlib.uuid4())
+    uuid = names.new_uuid()
     token = metadata.new_token()
     pods = state / "pods"
     tmp = pods / f".prep-{uuid}"

@@ -46,7 +46,6 @@ Correctness rules:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -63,6 +62,7 @@ from podmgr.fsutil import fsync_dir
 if TYPE_CHECKING:
     from podmgr.render import Layer
     from podmgr.schema import Dependency, ImageManifest
+    from podmgr.storerecords import GCReport, ImageInfo, Remote
 
 log = logger.get(__name__)
 
@@ -127,42 +127,6 @@ class ImportCheck(Protocol):
     def write(self, data: bytes) -> object: ...
 
     def finish(self) -> tuple[bool, str | None]: ...
-
-
-@dataclasses.dataclass
-class ImageInfo:
-    id: str
-    name: str
-    labels: dict[str, str]
-    #: Bytes of the archive as stored.
-    size: int
-    uncompressed_size: int
-    imported: float
-    last_used: float | None
-    verified: bool
-    #: Primary fingerprint of the key whose signature was verified.
-    fingerprint: str | None
-
-    @property
-    def version(self) -> str | None:
-        return self.labels.get("version")
-
-
-@dataclasses.dataclass
-class Remote:
-    url: str
-    etag: str | None
-    last_modified: str | None
-    max_age: int | None
-    downloaded: float
-    image_id: str
-
-
-@dataclasses.dataclass
-class GCReport:
-    images: list[str] = dataclasses.field(default_factory=list)
-    trees: list[str] = dataclasses.field(default_factory=list)
-    stale_pins: list[str] = dataclasses.field(default_factory=list)
 
 
 def tree_key(layers: Sequence[Layer]) -> str:
@@ -372,6 +336,8 @@ class Store:
 
     @staticmethod
     def _info(row: sqlite3.Row | tuple[Any, ...]) -> ImageInfo:
+        from podmgr.storerecords import ImageInfo
+
         return ImageInfo(
             id=row[0],
             name=row[1],
@@ -405,7 +371,8 @@ class Store:
         return self._info(row) if row else None
 
     def has(self, image_id: str) -> bool:
-        return self.get(image_id) is not None
+        row = self.db.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row is not None
 
     def blob_path(self, image_id: str) -> Path:
         return self.blobs / image_id
@@ -464,9 +431,16 @@ class Store:
 
     def find(self, name: str, labels: dict[str, str]) -> list[str]:
         """IDs of stored images named ``name`` having all ``labels``, newest first."""
-        return [
-            i.id for i in self.images(name) if all(i.labels.get(k) == v for k, v in labels.items())
-        ]
+        # The order of images(), without building their records (`podmgr run` looks up).
+        rows = self.db.execute(
+            "SELECT id, labels FROM images WHERE name = ? ORDER BY imported DESC, id", (name,)
+        ).fetchall()
+        out = []
+        for image_id, raw in rows:
+            have = json.loads(raw)
+            if all(have.get(k) == v for k, v in labels.items()):
+                out.append(image_id)
+        return out
 
     def resolve_dependency(self, dep: Dependency) -> str:
         """The stored image a dependency names (aci.md "Dependency Matching")."""
@@ -621,9 +595,13 @@ class Store:
         ).fetchone()
         if row is None or not self.has(row[5]):
             return None
+        from podmgr.storerecords import Remote
+
         return Remote(*row)
 
     def record_remote(self, remote: Remote) -> None:
+        import dataclasses
+
         with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO remotes VALUES (?, ?, ?, ?, ?, ?)",
@@ -803,6 +781,8 @@ class Store:
 
     def gc(self, grace: float, *, stale_pin_age: float = STALE_PIN_AGE) -> GCReport:
         """Remove trees and images not used for ``grace`` seconds and not pinned."""
+        from podmgr.storerecords import GCReport
+
         report = GCReport(stale_pins=self._drop_stale_pins(stale_pin_age))
         self.cleanup_tmp()
         cutoff = time.time() - grace

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from jeepney import DBusAddress, HeaderFields, MatchRule, MessageType, message_bus, new_method_call
@@ -521,11 +521,13 @@ class Systemd:
         *,
         mode: str = "fail",
         timeout: float | None = None,
+        queued: Callable[[], object] | None = None,
     ) -> list[JobResult]:
         """Submit several StartTransientUnit calls, then wait for all their jobs.
 
         Units are submitted in order (a slice before the services that name it). If a
         call fails, the units already submitted exist and are the caller's to clean up.
+        ``queued`` is called once every job is queued, before the wait for them.
         """
         self.subscribe()
         rule = self._job_removed_rule()
@@ -552,6 +554,8 @@ class Systemd:
                 if isinstance(reply, BusError):
                     raise reply
                 jobs[str(reply[0])] = name
+            if queued is not None:
+                queued()
             deadline = None if timeout is None else time.monotonic() + timeout
             while len(results) < len(jobs):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -14,7 +14,7 @@ from podmgr.podtemplate import Source
 
 pytestmark = pytest.mark.unit
 
-SOURCE = Source({"apps": [{"image": "example.com/app"}]}, ["example.com/app"])
+SOURCE = Source({"apps": [{"image": "example.com/app"}]}, [["name", "example.com/app", {}]])
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_a_record_is_found_by_the_same_command_line_only(
 
 
 def _plain(source: Source) -> dict[str, object]:
-    return {"spec": source.spec, "refs": source.refs}
+    return {"spec": source.spec, "lookups": source.lookups}
 
 
 def test_nothing_is_recorded_for_another_command_or_global_option(tmp_path: Path) -> None:
