@@ -295,6 +295,11 @@ def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
         lambda: uuid not in sh("ps", "-eo", "args").stdout,
         "no process of the pod's left",
     )
+    # And the hook that ended the pod unmounted both apps' roots.
+    until(
+        lambda: [m for m in host_state()["mounts"] if uuid in m] == [],
+        "the pod's roots unmounted by the exit hooks",
+    )
 
 
 def test_restart_on_failure_counts(pm: Podmgr, images: Path, tmp_path: Path) -> None:
