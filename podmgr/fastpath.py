@@ -15,8 +15,7 @@ a changed store, a template gone) falls through to click, which has the last wor
 Only command lines whose parse depends on nothing but their text are recorded: no
 ``--set-env-file`` (a file's contents), ``--pod-manifest``, ``--uuid-file-save`` or
 ``--interactive``, and no global option but ``--dir``. Records live in the state
-directory's template directory (root's alone, mode 0700), at most
-:data:`podmgr.podtemplate.KEEP` times two of them.
+directory's template directory (root's alone, mode 0700), at most :data:`KEEP` of them.
 
 This module is part of the CLI: it renders what the commands print.
 """
