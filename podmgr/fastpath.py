@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podmgr import logger
+from podmgr import logger, names
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,15 +41,13 @@ VERSION = 2
 COMMANDS = ("run", "start")
 #: Records kept per state directory (least recently used go).
 KEEP = 32
-#: Where the state directory is when neither --dir nor $PODMGR_DIR says.
-DEFAULT_DIR = "/var/lib/podmgr"
 #: The command line click parses (set by ``podmgr.__main__``), for :func:`remember`.
 ARGV: list[str] | None = None
 
 
 def _split(argv: Sequence[str]) -> tuple[str, str, list[str]] | None:
     """``[--dir D] COMMAND ARGS…`` as (command, state directory, ARGS), or None."""
-    state = os.environ.get("PODMGR_DIR", DEFAULT_DIR)
+    state = os.environ.get(names.DIR_ENV, names.STATE_DIR)
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         if argv[i] == "--dir" and i + 1 < len(argv):
@@ -82,8 +80,9 @@ def _lookup(argv: Sequence[str]) -> tuple[str, Path, Path, str] | None:
             "args": args,
             "state": os.path.abspath(state),
             "cwd": cwd,
-            # What click reads from the environment for these commands.
-            "env": {k: os.environ.get(k) for k in ("PODMGR_BUS_ADDRESS",)},
+            # What click reads from the environment for these commands (besides the
+            # state directory, in "state").
+            "env": {names.BUS_ENV: os.environ.get(names.BUS_ENV)},
         },
         sort_keys=True,
     )
@@ -143,7 +142,7 @@ def main(argv: Sequence[str]) -> int | None:
     with contextlib.suppress(OSError):
         os.utime(path)  # recently used
     log.debug("pod %s: command line seen before (%s)", prepared.uuid, path.name)
-    bus = os.environ.get("PODMGR_BUS_ADDRESS")
+    bus = os.environ.get(names.BUS_ENV)
     if command == "run":
         from podmgr import launch
 

@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
         return 2
     state, uuid, app = argv
     try:
-        app_exited(Path(state), uuid, app, os.environ, os.environ.get("PODMGR_BUS_ADDRESS"))
+        app_exited(Path(state), uuid, app, os.environ, os.environ.get(names.BUS_ENV))
     except Exception as e:
         print(f"podmgr exit hook: pod {uuid} app {app}: {e}", file=sys.stderr)
         return 1

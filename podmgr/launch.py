@@ -38,6 +38,9 @@ from podmgr.errors import (
 )
 from podmgr.fsutil import atomic_write
 
+if TYPE_CHECKING:
+    from podmgr import journal
+
 log = logger.get(__name__)
 
 #: plan.json's format; a different one is planned again (see the module doc). 2: the
@@ -217,7 +220,7 @@ def start(
             try:
                 sd.start_transient_units(batch, queued=queued)
             except PodmgrError:
-                teardown_units(sd, uuid, roots)
+                teardown_units(sd, uuid, ())  # the roots go below, with the rest
                 raise
             _register_machine(sd, uuid, apps)
     except BaseException:
@@ -301,9 +304,10 @@ def wait(
         exits = sd.watch(list(left), timeout=timeout, idle=True)
         if starting is not None:
             starting()
-        for unit, final in exits:
-            from podmgr.hook import app_ended, exit_from_unit, record_exit
+        # Not before: run_attached's start imports it meanwhile (prefetch).
+        from podmgr.hook import app_ended, exit_from_unit, record_exit
 
+        for unit, final in exits:
             a = left.pop(unit)
             ex = exit_from_unit(final)
             # What the app's exit hook records from the same properties; whichever of
@@ -430,9 +434,6 @@ def run_attached(
 
     Attached (:func:`attach`): this applies the pod's exit policy, not the exit hooks.
     Ctrl-C or SIGTERM stops the pod (then returns 130)."""
-    if TYPE_CHECKING:
-        from podmgr import journal
-
     # The output is followed (journalctl -f) only once the pod has run FOLLOW_AFTER: a
     # pod that is done by then gets one read at the end, and no follower competes with
     # systemd for the CPU while the pod starts. The follower starts from a point in time

@@ -12,6 +12,11 @@ from typing import NamedTuple
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
+#: The state directory when neither --dir nor $PODMGR_DIR names one.
+STATE_DIR = "/var/lib/podmgr"
+#: The environment variables the CLI reads: the state directory, and systemd's bus.
+DIR_ENV = "PODMGR_DIR"
+BUS_ENV = "PODMGR_BUS_ADDRESS"
 
 
 def new_uuid() -> str:

@@ -129,6 +129,10 @@ class ImportCheck(Protocol):
     def finish(self) -> tuple[bool, str | None]: ...
 
 
+#: The order of images() and find().
+_NEWEST_FIRST = " ORDER BY imported DESC, id"
+
+
 def tree_key(layers: Sequence[Layer]) -> str:
     import hashlib
 
@@ -361,7 +365,7 @@ class Store:
         if name is not None:
             sql += " WHERE name = ?"
             args = (name,)
-        rows = self.db.execute(sql + " ORDER BY imported DESC, id", args).fetchall()
+        rows = self.db.execute(sql + _NEWEST_FIRST, args).fetchall()
         return [self._info(r) for r in rows]
 
     def get(self, image_id: str) -> ImageInfo | None:
@@ -431,9 +435,9 @@ class Store:
 
     def find(self, name: str, labels: dict[str, str]) -> list[str]:
         """IDs of stored images named ``name`` having all ``labels``, newest first."""
-        # The order of images(), without building their records (`podmgr run` looks up).
+        # Without building records, which `podmgr run` needs none of.
         rows = self.db.execute(
-            "SELECT id, labels FROM images WHERE name = ? ORDER BY imported DESC, id", (name,)
+            "SELECT id, labels FROM images WHERE name = ?" + _NEWEST_FIRST, (name,)
         ).fetchall()
         out = []
         for image_id, raw in rows:

@@ -185,7 +185,7 @@ class AppPlan:
     #: The app tells systemd when it is ready (sd_notify): Type=notify.
     notify: bool = False
     #: Path of the overlay (RootDirectory) that podmgr mounts at the pod's start
-    #: (:func:`podmgr.rootfs.mount_roots`).
+    #: (:func:`podmgr.rootfs.mount_root`).
     rootfs: str = ""
     #: Ports declared ``socketActivated: true``: systemd listens, the app gets the fds.
     sockets: tuple[SocketPort, ...] = ()
@@ -488,7 +488,7 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         "Slice": pod_slice(pod.uuid),
         "CollectMode": "inactive-or-failed",
         "Type": "exec",
-        # The overlay is podmgr's mount, made before the units start (rootfs.mount_roots);
+        # The overlay is podmgr's mount, made before the units start (rootfs.mount_root);
         # RootDirectory= adds RequiresMountsFor= on it once systemd has seen it.
         "RootDirectory": app.rootfs,
         "User": str(app.uid),

@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
-from podmgr import __version__, logger
+from podmgr import __version__, logger, names
 from podmgr.result import OutputFormat, Result, to_json
 
-DEFAULT_DIR = Path("/var/lib/podmgr")
+DEFAULT_DIR = Path(names.STATE_DIR)
 
 _debug = False
 
@@ -128,7 +128,7 @@ def emit(result: Result) -> None:
     "--dir",
     "dir_",
     type=click.Path(path_type=Path, file_okay=False),
-    default=lambda: os.environ.get("PODMGR_DIR", str(DEFAULT_DIR)),
+    default=lambda: os.environ.get(names.DIR_ENV, str(DEFAULT_DIR)),
     show_default=str(DEFAULT_DIR),
     help="State directory (images, pods). Also $PODMGR_DIR.",
 )
@@ -142,7 +142,7 @@ def emit(result: Result) -> None:
 )
 @click.option(
     "--bus",
-    envvar="PODMGR_BUS_ADDRESS",
+    envvar=names.BUS_ENV,
     hidden=True,
     help="D-Bus address of systemd's bus (default: the system bus).",
 )

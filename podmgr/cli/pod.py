@@ -312,7 +312,7 @@ def _prepare(ctx: Ctx, kw: dict[str, Any], command: str | None = None) -> Any:
         from podmgr.fsutil import atomic_write
 
         atomic_write(kw["uuid_file_save"], record.uuid + "\n")
-    elif command and not (kw["set_env_file"] or kw["pod_manifest"] or kw.get("interactive")):
+    elif command and not (kw["set_env_file"] or kw["pod_manifest"]):
         from podmgr import fastpath
 
         fastpath.remember(fastpath.ARGV, command, record.source)
@@ -327,7 +327,7 @@ def run(ctx: Ctx, /, interactive: bool, **kw: Any) -> int:
     """Run a pod attached: stream its output, exit with its exit code."""
     from podmgr import fastpath, launch
 
-    record = _prepare(ctx, {**kw, "interactive": interactive}, "run")
+    record = _prepare(ctx, kw, None if interactive else "run")
     if interactive:
         from podmgr import enter
 
