@@ -300,5 +300,8 @@ def run_interactive(state: Path, uuid: str, *, bus: str | None = None) -> int:
     fds = _std_fds()
     with forward_signals(bus, record.apps[0].unit):
         return launch.wait(
-            state, uuid, bus=bus, starting=lambda: launch.start(state, uuid, bus=bus, stdio=fds)
+            state,
+            uuid,
+            bus=bus,
+            starting=lambda sd: launch.start(state, uuid, bus=bus, stdio=fds, sd=sd),
         )

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 log = logger.get(__name__)
 
 #: plan.json's format; a different one is planned again (see the module doc). 2: the
-#: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root).
-PLAN_VERSION = 2
+#: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root). 3: no
+#: flock(1) ExecCondition= in the exit hooks (names.attached_condition).
+PLAN_VERSION = 3
 #: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
 POD_RECORD_VERSION = 1
 
@@ -165,13 +166,18 @@ def start(
     bus: str | None = None,
     stdio: Sequence[int] | None = None,
     queued: Callable[[], object] | None = None,
+    sd: Any = None,
+    attached: str | None = None,
 ) -> None:
     """Start a prepared pod's units; returns once every app's start job is done.
 
     ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
     instead of the journal (``run --interactive``). ``queued``: called once systemd has
-    queued the start jobs, while this waits for them."""
-    from podmgr import systemd, userdb
+    queued the start jobs, while this waits for them. ``sd``: the caller's connection to
+    systemd (:func:`wait`'s), to use instead of one of its own; the caller then follows
+    the pod, and its registration with machined is not waited for. ``attached``: the
+    path that exists while the caller is attached (:func:`attach`)."""
+    from podmgr import userdb
 
     require_root("starting a pod")
     pdir = state / "pods" / uuid
@@ -191,6 +197,8 @@ def start(
         if len(apps) != 1:
             raise UsageError("only a pod of one app can have the caller's terminal")
         batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
+    if attached is not None:
+        batch = _attached_hooks(batch, uuid, apps, attached)
     userdb.ensure(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
@@ -216,13 +224,13 @@ def start(
                 ports=[network.PortMapping(*p) for p in record.get("ports", ())],
                 sysctls=sysctls,
             )
-        with systemd.connect(bus) as sd:
-            try:
-                sd.start_transient_units(batch, queued=queued)
-            except PodmgrError:
-                teardown_units(sd, uuid, ())  # the roots go below, with the rest
-                raise
-            _register_machine(sd, uuid, apps)
+        if sd is not None:
+            _start_units(sd, uuid, apps, batch, queued, wait_machine=False)
+        else:
+            from podmgr import systemd
+
+            with systemd.connect(bus) as own:
+                _start_units(own, uuid, apps, batch, queued, wait_machine=True)
     except BaseException:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
         unmount_roots(roots)
@@ -234,7 +242,38 @@ def start(
         raise
 
 
-def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
+def _attached_hooks(batch: Batch, uuid: str, apps: Sequence[Mapping[str, Any]], path: str) -> Batch:
+    """``batch`` with the pod's exit hooks skipped while ``path`` exists: systemd tests
+    that in PID 1 when an app ends (names.attached_condition)."""
+    hooks = {names.exit_hook_unit(uuid, a["name"], failed=f) for a in apps for f in (False, True)}
+    # (type, trigger, negate, parameter): ConditionPathExists=!path
+    cond = [("ConditionPathExists", False, True, path)]
+    return [
+        (n, p, [(an, {**ap, "Conditions": cond} if an in hooks else ap) for an, ap in aux])
+        for n, p, aux in batch
+    ]
+
+
+def _start_units(
+    sd: Any,
+    uuid: str,
+    apps: Sequence[Mapping[str, Any]],
+    batch: Batch,
+    queued: Callable[[], object] | None,
+    *,
+    wait_machine: bool,
+) -> None:
+    try:
+        sd.start_transient_units(batch, queued=queued)
+    except PodmgrError:
+        teardown_units(sd, uuid, ())  # the roots go with the caller's cleanup
+        raise
+    _register_machine(sd, uuid, apps, wait=wait_machine)
+
+
+def _register_machine(
+    sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]], *, wait: bool = True
+) -> None:
     from podmgr.hook import leader
     from podmgr.systemd import SERVICE_IFACE, BusError, unit_path
 
@@ -246,7 +285,12 @@ def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> 
         pid = int(sd.get_property(unit_path(lead["unit"]), SERVICE_IFACE, "MainPID") or 0)
         if pid:
             sd.register_machine(
-                names.machine_name(uuid), names.pod_hex(uuid), pid, lead["rootfs"], service="podmgr"
+                names.machine_name(uuid),
+                names.pod_hex(uuid),
+                pid,
+                lead["rootfs"],
+                service="podmgr",
+                wait=wait,
             )
     except BusError as e:
         # machined is optional (systemd-container); the pod runs without it.
@@ -281,13 +325,14 @@ def wait(
     bus: str | None = None,
     timeout: float | None = None,
     attached: bool = False,
-    starting: Callable[[], object] | None = None,
+    starting: Callable[[Any], object] | None = None,
     meanwhile: Callable[[], object] | None = None,
 ) -> int:
     """Block until every app of the pod has ended; return the pod's exit code.
 
-    ``starting``: called once the apps are watched, to start them; then no app's exit
-    can be missed, however soon it comes. ``attached``: the caller holds the pod's
+    ``starting``: called with the connection to systemd once the apps are watched, to
+    start them (over it, or another); then no app's exit can be missed, however soon it
+    comes. ``attached``: the caller holds the pod's
     attach lock (:func:`attach`), so the exit hooks leave the pod to it: record each
     app's end and apply the exit policy here, as the hook would (:mod:`podmgr.hook`).
     ``meanwhile``: run in a thread once every app has ended, beside the pod's teardown
@@ -303,7 +348,7 @@ def wait(
         # idle: an app whose start (or restart) job is queued has not ended.
         exits = sd.watch(list(left), timeout=timeout, idle=True)
         if starting is not None:
-            starting()
+            starting(sd)
         # Not before: run_attached's start imports it meanwhile (prefetch).
         from podmgr.hook import app_ended, exit_from_unit, record_exit
 
@@ -364,19 +409,28 @@ def _await_hooks(sd: Any, uuid: str, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def attach(pdir: Path) -> Iterator[None]:
-    """Hold the pod's attach lock (see :func:`wait`); the kernel drops it with us."""
+def attach(pdir: Path) -> Iterator[str]:
+    """Hold the pod's attach lock (see :func:`wait`); the kernel drops it with us. Yields
+    the path that exists meanwhile (:func:`podmgr.names.attached_condition`)."""
     import fcntl
 
-    fd = os.open(pdir / names.ATTACH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    uuid = pdir.name
+    # O_PATH: a descriptor of the directory itself, which the exit hooks' condition goes
+    # through (/proc/PID/fd/N); it reads nothing.
+    dir_fd = os.open(pdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(names.attach_lock(uuid), flags, 0o600, dir_fd=dir_fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConflictError(f"pod {pdir.name} is attached already") from None
-        yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConflictError(f"pod {uuid} is attached already") from None
+            yield names.attached_condition(uuid, os.getpid(), dir_fd)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(dir_fd)
 
 
 def prefetch(*modules: str) -> None:
@@ -491,9 +545,16 @@ def run_attached(
             for entry in journal.read(uuid, after_cursor=after, since=None if after else since):
                 emit(entry)
 
-    def starting() -> None:
+    def starting(sd: Any) -> None:
         # What the rest of the run imports, imported while systemd starts the pod.
-        start(state, uuid, bus=bus, queued=lambda: prefetch("podmgr.hook", "podmgr.journal"))
+        start(
+            state,
+            uuid,
+            bus=bus,
+            queued=lambda: prefetch("podmgr.hook", "podmgr.journal"),
+            sd=sd,
+            attached=attached,
+        )
         # Under systemd (a podmgr-generator unit, Type=notify): every app's start job is
         # done.
         sdnotify.notify(f"READY=1\nSTATUS=pod {uuid} running")
@@ -502,7 +563,7 @@ def run_attached(
 
     interrupted = False
     try:
-        with attach(state / "pods" / uuid):
+        with attach(state / "pods" / uuid) as attached:
             code = wait(state, uuid, bus=bus, attached=True, starting=starting, meanwhile=tail)
         sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
     except (KeyboardInterrupt, Interrupted):

@@ -49,11 +49,22 @@ def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
     return f"{UNIT_PREFIX}{kind}-{pod_hex(uuid)}-{app}.service"
 
 
-#: The file in a pod's directory that ``podmgr run`` holds flock(2)ed while attached:
-#: the exit hooks then leave the pod to it (see :mod:`podmgr.hook`).
-ATTACH_LOCK = "attached.lock"
-#: flock(1) (util-linux), which the exit hooks' ExecCondition= runs.
-FLOCK = "/usr/bin/flock"
+def attach_lock(uuid: str) -> str:
+    """The file in a pod's directory that ``podmgr run`` holds flock(2)ed while attached,
+    and the name the exit hooks' condition looks for through run's descriptor of that
+    directory (see :func:`attached_condition`); named after the pod, so that no other
+    pod's directory has it."""
+    return f"attached-{pod_hex(uuid)}.lock"
+
+
+def attached_condition(uuid: str, pid: int, dir_fd: int) -> str:
+    """The path that exists exactly while process ``pid`` holds ``dir_fd`` open on the
+    pod's directory: ``podmgr run`` attached. The exit hooks' ConditionPathExists=
+    negates it, so systemd skips them in PID 1, without starting a process (flock(1) in
+    an ExecCondition= cost the end of every run 7-12 ms, bench/pod_start). Should run die,
+    even by SIGKILL, its /proc entry goes with it and the hooks take over; a later
+    process with the same PID has no descriptor on this pod's directory."""
+    return f"/proc/{pid}/fd/{dir_fd}/{attach_lock(uuid)}"
 
 
 def machine_name(uuid: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from podmgr import launch, logger, metadata, podstate, rootfs, units
 from podmgr.errors import InvalidError, UsageError, require_root
-from podmgr.names import ATTACH_LOCK, new_uuid
+from podmgr.names import new_uuid
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
 
@@ -406,7 +406,6 @@ def plan(
         net=record.net,
         exit_hook=hook_argv,
         exit_hook_env=hook_env,
-        attach_lock=str(pdir / ATTACH_LOCK),
         shm_dir=str(pdir / "shm"),
         metadata_url=metadata.metadata_url(record),
         netns_path=None if record.net is NetMode.HOST else network_netns(record.uuid),

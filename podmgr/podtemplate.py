@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 
 log = logger.get(__name__)
 
-#: 2: plan.json 2 (the apps' roots are podmgr's mounts).
-TEMPLATE_VERSION = 2
+#: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3.
+TEMPLATE_VERSION = 3
 #: Templates kept per state directory.
 KEEP = 16
 #: Environment variables whose values prepare reads (besides --inherit-env's).

@@ -62,6 +62,9 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "JobTimeoutUSec": _T, "SuccessAction": _S, "FailureAction": _S,
     "SuccessActionExitStatus": _I, "FailureActionExitStatus": _I,
     "StartLimitIntervalUSec": _T, "StartLimitBurst": _U, "Markers": _AS,
+    # (type, trigger, negate, parameter): ConditionPathExists=!/x is
+    # ("ConditionPathExists", False, True, "/x").
+    "Conditions": "a(sbbs)",
     # [Service]
     "Type": _S, "ExitType": _S, "RemainAfterExit": _B, "GuessMainPID": _B, "PIDFile": _S,
     "BusName": _S, "ExecCondition": _EXEC, "ExecStartPre": _EXEC, "ExecStart": _EXEC,
@@ -575,20 +578,30 @@ class Systemd:
         return ordered
 
     def register_machine(
-        self, name: str, uuid_hex: str, leader: int, root_directory: str, *, service: str
+        self,
+        name: str,
+        uuid_hex: str,
+        leader: int,
+        root_directory: str,
+        *,
+        service: str,
+        wait: bool = True,
     ) -> None:
-        """Register a running process tree with systemd-machined (``machinectl list``)."""
+        """Register a running process tree with systemd-machined (``machinectl list``).
+
+        Without ``wait``, the call is sent and its reply left unread: machined registers
+        the machine all the same, and the caller goes on meanwhile."""
         addr = DBusAddress(
             "/org/freedesktop/machine1",
             bus_name="org.freedesktop.machine1",
             interface="org.freedesktop.machine1.Manager",
         )
-        self.call(
-            addr,
-            "RegisterMachine",
-            "sayssus",
-            (name, bytes.fromhex(uuid_hex), service, "container", leader, root_directory),
-        )
+        body = (name, bytes.fromhex(uuid_hex), service, "container", leader, root_directory)
+        if not wait:
+            log.debug("bus: RegisterMachine%s, reply not awaited", _short(body))
+            self.conn.send(new_method_call(addr, "RegisterMachine", "sayssus", body))
+            return
+        self.call(addr, "RegisterMachine", "sayssus", body)
 
     def start_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:
         return self.run_job("StartUnit", "ss", name, mode, wait=wait)
@@ -655,8 +668,9 @@ class Systemd:
         miss nothing: not even the exit of a unit that ends and is collected
         (CollectMode=inactive-or-failed) before iteration begins, as its signals said
         it (systemd sends a service's interface, its exit, before the Unit's, its
-        state, each with every property that changed). Nothing may read this
-        connection in between, or the signals are dropped.
+        state, each with every property that changed). The units may be started over
+        this connection too: its signals are kept for the watch from the moment this
+        returns.
         """
         paths = {unit_path(u): u for u in units}
         self.subscribe()
@@ -666,27 +680,36 @@ class Systemd:
             if isinstance(reply, BusError):
                 raise reply
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._watch(paths, set(done), deadline, idle)
+        # The filters take this connection's messages from here on, not once iteration
+        # begins: the caller may start the units over this very connection meanwhile.
+        stream: collections.deque[Any] = collections.deque()
+        handles = [
+            self.conn.filter(_changed_rule(), queue=stream),
+            self.conn.filter(MatchRule(type="method_return"), queue=stream),
+            self.conn.filter(MatchRule(type="error"), queue=stream),
+        ]
+        return self._watch(paths, set(done), deadline, idle, stream, handles)
 
     def _watch(
-        self, paths: Mapping[str, str], wanted: set[str], deadline: float | None, idle: bool
+        self,
+        paths: Mapping[str, str],
+        wanted: set[str],
+        deadline: float | None,
+        idle: bool,
+        stream: collections.deque[Any],
+        handles: Sequence[Any],
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         def ended(p: Mapping[str, Any]) -> bool:
             job = p.get("Job")
             return p.get("ActiveState") in wanted and not (idle and job and job[0])
 
         units = list(paths.values())
-        stream: collections.deque[Any] = collections.deque()
         props: dict[str, dict[str, Any]] = {u: {} for u in units}
         # Units systemd has collected: a read sees a fresh, not-found unit, so their
         # exit is what their signals said.
         gone: set[str] = set()
         left = list(units)
-        with (
-            self.conn.filter(_changed_rule(), queue=stream),
-            self.conn.filter(MatchRule(type="method_return"), queue=stream),
-            self.conn.filter(MatchRule(type="error"), queue=stream),
-        ):
+        try:
             pending = self._send_gets(units, WATCH_PROPERTIES)
             while left:
                 if not pending:
@@ -733,6 +756,9 @@ class Systemd:
                 if unit in gone and name in _SERVICE_PROPERTIES and name in props[unit]:
                     continue
                 props[unit][name] = value
+        finally:
+            for h in handles:
+                h.close()
 
     def wait_for_state(
         self,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podmgr import isolators as iso
-from podmgr.names import FLOCK
 
 # Re-exported: the names are part of this module's API.
 from podmgr.names import SLICE as SLICE
@@ -201,9 +200,6 @@ class PodPlan:
     #: policy; the app's name is appended.
     exit_hook: tuple[str, ...] = ()
     exit_hook_env: tuple[str, ...] = ()
-    #: While this file is flock(2)ed (by ``podmgr run``, attached), the exit hook does
-    #: not start (see :func:`exit_hook_properties`).
-    attach_lock: str | None = None
     #: A pod-private directory shared by its apps as /dev/shm.
     shm_dir: str | None = None
     metadata_url: str | None = None
@@ -357,10 +353,8 @@ def slice_properties(pod: PodPlan) -> dict[str, Any]:
 def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
     """The oneshot unit that records an app's exit and applies the pod's exit policy.
 
-    Unless ``podmgr run`` is attached to the pod: it does that work itself and holds
-    ``attach_lock`` flock(2)ed meanwhile, so the hook's ExecCondition= (flock(1) failing
-    on a held lock, 2 ms) skips a Python start per app exit. Should run die, even by
-    SIGKILL, the kernel drops its lock and the hooks take over again.
+    Unless ``podmgr run`` is attached to the pod and does that work itself: it then
+    starts the pod with :func:`attached_hook` in place of this.
     """
     props: dict[str, Any] = {
         "Description": f"podmgr pod {pod.uuid} app {app} exit",
@@ -370,10 +364,6 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
         "ExecStart": [(pod.exit_hook[0], [*pod.exit_hook, app], False)],
         "Environment": list(pod.exit_hook_env),
     }
-    if pod.attach_lock:
-        # Exit status 1 (the lock is held) skips the unit without failing it.
-        argv = [FLOCK, "--nonblock", "--conflict-exit-code", "1", pod.attach_lock, "/bin/true"]
-        props["ExecCondition"] = [(FLOCK, argv, False)]
     return props
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,22 +41,57 @@ def test_exit_policy_decides_whether_an_app_ends_its_pod(
     assert hook.stops_pod(apps, app, exit, others_running, policy) is stops
 
 
-def test_the_exit_hook_stands_by_while_run_holds_the_attach_lock() -> None:
-    from podmgr import systemd, units
+def test_the_exit_hook_stands_by_while_run_is_attached() -> None:
+    """Attached, ``run`` starts the exit hooks with a condition systemd checks itself:
+    the pod's lock through run's descriptor of the pod's directory."""
+    from podmgr import launch, names, systemd, units
 
+    uuid = "00000000-0000-0000-0000-000000000001"
     plan = units.PodPlan(
-        uuid="00000000-0000-0000-0000-000000000001",
-        apps=(),
-        exit_hook=("/usr/bin/python3", "-S", "-m", "podmgr.hook", "/s", "u"),
-        attach_lock="/s/pods/u/attached.lock",
+        uuid=uuid, apps=(), exit_hook=("/usr/bin/python3", "-S", "-m", "podmgr.hook", "/s", uuid)
     )
-    props = units.exit_hook_properties(plan, "web")
-    ((path, argv, ignore),) = props["ExecCondition"]
-    # Exit status 1 (the lock is held) skips the hook, without failing it.
-    assert argv == [path, "--nonblock", "--conflict-exit-code", "1", plan.attach_lock, "/bin/true"]
-    assert path == "/usr/bin/flock" and ignore is False
-    assert props["ExecStart"] == [(plan.exit_hook[0], [*plan.exit_hook, "web"], False)]
-    assert dict(systemd.encode_properties(props))["ExecCondition"][0] == "a(sasb)"
-    # Without a lock (a pod planned by an older podmgr), no condition.
-    old = units.PodPlan(uuid=plan.uuid, apps=(), exit_hook=plan.exit_hook)
-    assert "ExecCondition" not in units.exit_hook_properties(old, "web")
+    hook = units.exit_hook_properties(plan, "web")
+    assert hook["ExecStart"] == [(plan.exit_hook[0], [*plan.exit_hook, "web"], False)]
+    # Detached (podmgr start), nothing holds the hooks back.
+    assert "Conditions" not in hook and "ExecCondition" not in hook
+    path = names.attached_condition(uuid, 4242, 7)
+    assert path == "/proc/4242/fd/7/attached-00000000000000000000000000000001.lock"
+    app = names.app_service(uuid, "web")
+    hooks = [names.exit_hook_unit(uuid, "web"), names.exit_hook_unit(uuid, "web", failed=True)]
+    other = ("podmgr-net-x.service", {"Type": "oneshot"})
+    batch: launch.Batch = [(app, {"Type": "exec"}, [(h, hook) for h in hooks] + [other])]
+    ((name, props, aux),) = launch._attached_hooks(batch, uuid, [{"name": "web"}], path)
+    assert (name, props) == (app, {"Type": "exec"})
+    assert [h for h, _ in aux[:2]] == hooks
+    for _h, p in aux[:2]:
+        assert p["Conditions"] == [("ConditionPathExists", False, True, path)]
+        assert dict(systemd.encode_properties(p))["Conditions"] == (
+            "a(sbbs)",
+            [("ConditionPathExists", False, True, path)],
+        )
+    assert aux[2] == other
+    # The plan keeps the hook as it was (a template is cloned for other runs).
+    assert "Conditions" not in hook
+
+
+def test_attached_path_exists_exactly_while_attached(tmp_path: Path) -> None:
+    """The path the hooks' condition tests exists while ``attach`` holds the pod, is gone
+    after, and a second attach of the same pod is refused meanwhile."""
+    from podmgr import launch
+    from podmgr.errors import ConflictError
+
+    uuid = "00000000-0000-0000-0000-000000000002"
+    pdir = tmp_path / uuid
+    pdir.mkdir()
+    other = tmp_path / "00000000-0000-0000-0000-000000000003"
+    other.mkdir()
+    with launch.attach(pdir) as path:
+        assert os.path.exists(path)
+        assert path.startswith(f"/proc/{os.getpid()}/fd/")
+        with pytest.raises(ConflictError), launch.attach(pdir):
+            pass
+        # Another pod's attach does not satisfy this pod's condition, nor the reverse.
+        with launch.attach(other) as path2:
+            assert os.path.exists(path2)
+            assert not os.path.exists(path2.replace("0003.lock", "0002.lock"))
+    assert not os.path.exists(path)
