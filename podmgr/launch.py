@@ -542,8 +542,8 @@ def run_attached(
                 pump.join(timeout=5)
             after = follower.cursor
         with contextlib.suppress(Exception):
-            for entry in journal.read(uuid, after_cursor=after, since=None if after else since):
-                emit(entry)
+            for line in journal.read_tail(uuid, after_cursor=after, since=None if after else since):
+                emit(line)
 
     def starting(sd: Any) -> None:
         # What the rest of the run imports, imported while systemd starts the pod.
