@@ -346,7 +346,7 @@ def wait(
     with systemd.connect(bus) as sd:
         left = {a["unit"]: a for a in apps}
         # idle: an app whose start (or restart) job is queued has not ended.
-        exits = sd.watch(list(left), timeout=timeout, idle=True)
+        exits = sd.watch(list(left), timeout=timeout, idle=True, jobs=starting is not None)
         if starting is not None:
             starting(sd)
         # Not before: run_attached's start imports it meanwhile (prefetch).
@@ -379,9 +379,12 @@ def wait(
                 log.info("pod %s: %s; the net unit retries", uuid, e.message)
         from podmgr.rootfs import unmount_roots
 
-        unmount_roots([a["rootfs"] for a in apps])
-        with contextlib.suppress(systemd.NoSuchUnitError):
-            sd.stop_unit(slice_unit)
+        roots = [a["rootfs"] for a in apps]
+        try:
+            # The roots go while systemd stops the slice: every app has ended.
+            sd.stop_unit(slice_unit, meanwhile=lambda: unmount_roots(roots))
+        except systemd.NoSuchUnitError:
+            unmount_roots(roots)
         # Exit hooks started when their apps ended (unless skipped while attached); once
         # they are done nothing of the pod's is left running.
         _await_hooks(sd, uuid)

@@ -316,6 +316,8 @@ class Systemd:
         self.conn = conn
         self.address = address
         self._subscribed = False
+        #: Match rules this connection has added already (a rule stays until it closes).
+        self._matches: set[str] = set()
         self._manager = DBusAddress(
             MANAGER_PATH, bus_name=SYSTEMD_BUS_NAME, interface=MANAGER_IFACE
         )
@@ -437,14 +439,24 @@ class Systemd:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def subscribe(self) -> None:
-        """Ask systemd to send its signals (JobRemoved, PropertiesChanged) to us."""
+    def subscribe(self, *rules: MatchRule) -> None:
+        """Ask systemd to send its signals (JobRemoved, PropertiesChanged) to us, and the
+        bus to pass on those that match ``rules``: in one round trip, and only what this
+        connection has not asked for yet."""
+        calls: list[tuple[DBusAddress, str, str | None, tuple[Any, ...]]] = []
         if not self._subscribed:
-            self.manager_call("Subscribe")
-            self._subscribed = True
-
-    def _add_match(self, rule: MatchRule) -> None:
-        self.call(message_bus, "AddMatch", "s", (rule.serialise(),))
+            calls.append((self._manager, "Subscribe", None, ()))
+        new = [
+            r for r in dict.fromkeys(rule.serialise() for rule in rules) if r not in self._matches
+        ]
+        calls += [(message_bus, "AddMatch", "s", (r,)) for r in new]
+        if not calls:
+            return
+        for reply in self.call_many(calls):
+            if isinstance(reply, BusError):
+                raise reply
+        self._subscribed = True
+        self._matches.update(new)
 
     def _job_removed_rule(self) -> MatchRule:
         return MatchRule(
@@ -458,22 +470,25 @@ class Systemd:
         *body: Any,
         wait: bool = True,
         timeout: float | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> JobResult:
         """Call a job-returning manager method and wait for the job's JobRemoved.
 
         The signal is matched *before* the call, so a job that finishes before the
         reply arrives is not missed. Raises JobFailedError unless the result is ``done``.
+        ``meanwhile`` is called once the job is queued, before the wait for it.
         """
         unit = str(body[0])
         if not wait:
             job = self.manager_call(method, signature, *body)
             return JobResult(unit=unit, job=str(job), result="queued")
-        self.subscribe()
         rule = self._job_removed_rule()
-        self._add_match(rule)
+        self.subscribe(rule)
         queue: collections.deque[Any] = collections.deque()
         with self.conn.filter(rule, queue=queue):
             job = str(self.manager_call(method, signature, *body))
+            if meanwhile is not None:
+                meanwhile()
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -532,9 +547,8 @@ class Systemd:
         call fails, the units already submitted exist and are the caller's to clean up.
         ``queued`` is called once every job is queued, before the wait for them.
         """
-        self.subscribe()
         rule = self._job_removed_rule()
-        self._add_match(rule)
+        self.subscribe(rule)
         queue: collections.deque[Any] = collections.deque()
         results: dict[str, JobResult] = {}
         with self.conn.filter(rule, queue=queue):
@@ -606,8 +620,15 @@ class Systemd:
     def start_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:
         return self.run_job("StartUnit", "ss", name, mode, wait=wait)
 
-    def stop_unit(self, name: str, *, mode: str = "replace", wait: bool = True) -> JobResult:
-        return self.run_job("StopUnit", "ss", name, mode, wait=wait)
+    def stop_unit(
+        self,
+        name: str,
+        *,
+        mode: str = "replace",
+        wait: bool = True,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> JobResult:
+        return self.run_job("StopUnit", "ss", name, mode, wait=wait, meanwhile=meanwhile)
 
     def kill_unit(self, name: str, signal: int, *, who: str = "all") -> None:
         self.manager_call("KillUnit", "ssi", name, who, signal)
@@ -658,6 +679,7 @@ class Systemd:
         *,
         timeout: float | None = None,
         idle: bool = False,
+        jobs: bool = False,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(unit, properties)`` as each of the units reaches an ActiveState in
         ``done`` (with ``idle``, also with no job queued: a unit about to start reads as
@@ -673,12 +695,10 @@ class Systemd:
         returns.
         """
         paths = {unit_path(u): u for u in units}
-        self.subscribe()
-        for reply in self.call_many(
-            [(message_bus, "AddMatch", "s", (_changed_rule(p).serialise(),)) for p in paths]
-        ):
-            if isinstance(reply, BusError):
-                raise reply
+        # With ``jobs``, the caller is about to start the units over this connection
+        # (start_transient_units): their JobRemoved is asked for in the same round trip.
+        jobs_rule = [self._job_removed_rule()] if jobs else []
+        self.subscribe(*[_changed_rule(p) for p in paths], *jobs_rule)
         deadline = None if timeout is None else time.monotonic() + timeout
         # The filters take this connection's messages from here on, not once iteration
         # begins: the caller may start the units over this very connection meanwhile.
