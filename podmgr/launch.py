@@ -263,11 +263,19 @@ def _start_units(
     *,
     wait_machine: bool,
 ) -> None:
+    # Followed (wait_machine false: the caller watches the apps), an app whose start job
+    # failed is left to the watch, which tells its exit. A Type=exec service whose
+    # process exits at once with a failure may fail its start job although it ran:
+    # systemd saw the exit before the exec (1 run in 60 of `sh -c "exit 3"`).
+    tolerate = () if wait_machine else [a["unit"] for a in apps]
     try:
-        sd.start_transient_units(batch, queued=queued)
+        results = sd.start_transient_units(batch, queued=queued, tolerate=tolerate)
     except PodmgrError:
         teardown_units(sd, uuid, ())  # the roots go with the caller's cleanup
         raise
+    for r in results:
+        if r.result != "done":
+            log.info("pod %s: the start job of %s: %s; its exit tells why", uuid, r.unit, r.result)
     _register_machine(sd, uuid, apps, wait=wait_machine)
 
 

@@ -55,6 +55,16 @@ def test_run_streams_output_and_returns_the_exit_code(pm: Podmgr, images: Path) 
     assert pm("logs", uuid).stdout.splitlines() == ["hello from hello"]
 
 
+def test_a_pod_that_fails_at_once_gives_its_exit_code_every_time(pm: Podmgr, images: Path) -> None:
+    """An app that exits with a failure right after its exec races systemd: its start
+    job may fail although it ran, and a read of the service soon after may no longer
+    show its exit (both seen in a run or two in 60). ``run`` reports the exit either way."""
+    aci = img(images, "quick", ["/bin/sh", "-c", "echo quick; exit 3"])
+    pm("fetch", INSECURE, aci)
+    codes = [pm("run", "example.com/quick", check=False) for _ in range(40)]
+    assert [(p.returncode, p.stdout, p.stderr) for p in codes] == [(3, "quick\n", "")] * 40
+
+
 def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path) -> None:
     aci = img(images, "sleeper", ["/bin/sleep", "600"])
     uuid = pm("start", INSECURE, aci).stdout.strip()
