@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from podmgr import logger
 from podmgr.errors import InvalidError, UsageError
-from podmgr.names import NetMode
+from podmgr.options import NetMode
+from podmgr.tokens import TOKEN_RE as TOKEN_RE
+from podmgr.tokens import metadata_dir as metadata_dir
+from podmgr.tokens import new_token as new_token
+from podmgr.tokens import register as register
+from podmgr.tokens import tokens_dir as tokens_dir
+from podmgr.tokens import unregister as unregister
 
 if TYPE_CHECKING:
     from podmgr.podstate import PodRecord
@@ -49,16 +55,6 @@ PORT = 18112
 #: ListenStream=. ``$PODMGR_METADATA_URL`` overrides it.
 DEFAULT_BASE = f"http://127.0.0.1:{PORT}"
 BASE_ENV = "PODMGR_METADATA_URL"
-
-#: :func:`new_token` output, or any URL-safe token of at least 128 bits (22 characters).
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
-def new_token() -> str:
-    """A pod's metadata token: ``secrets.token_urlsafe(24)`` (192 bits), without
-    importing secrets, and with it OpenSSL's hashlib, on the start-up path."""
-    import base64
-
-    return base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"=").decode()
-
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -106,36 +102,8 @@ def metadata_url(record: PodRecord, env: Mapping[str, str] | None = None) -> str
 # ---- the token index ---------------------------------------------------------------------
 
 
-def metadata_dir(state: Path) -> Path:
-    return state / "metadata"
-
-
-def tokens_dir(state: Path) -> Path:
-    return metadata_dir(state) / "tokens"
-
-
 def key_path(state: Path) -> Path:
     return metadata_dir(state) / "hmac.key"
-
-
-def register(state: Path, uuid: str, token: str) -> None:
-    """Index a pod's token (idempotent)."""
-    if not TOKEN_RE.fullmatch(token):
-        raise InvalidError("metadata token is malformed")
-    d = tokens_dir(state)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    link = d / token
-    try:
-        os.symlink(uuid, link)
-    except FileExistsError:
-        if os.readlink(link) != uuid:
-            raise InvalidError("metadata token already in use") from None
-
-
-def unregister(state: Path, token: str) -> None:
-    if TOKEN_RE.fullmatch(token):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tokens_dir(state) / token)
 
 
 def sweep(state: Path) -> list[str]:

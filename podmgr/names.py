@@ -1,14 +1,12 @@
-"""Unit and machine names of pods, and the closed sets of pod options.
+"""Unit and machine names of pods, and the files and paths that name them.
 
 Standard library only: the exit hook and ``podmgr list`` import this without the
-manifest schema.
+manifest schema. The closed sets of pod options are in :mod:`podmgr.options`.
 """
 
 from __future__ import annotations
 
-import enum
 import os
-from typing import NamedTuple
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
@@ -69,34 +67,3 @@ def attached_condition(uuid: str, pid: int, dir_fd: int) -> str:
 
 def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
-
-
-class NetMode(enum.StrEnum):
-    HOST = "host"
-    #: The pod's own network namespace with only ``lo``.
-    NONE = "none"
-    #: The pod's own network namespace with CNI networks (``PodRecord.networks``).
-    CNI = "cni"
-
-
-class ExitPolicy(enum.StrEnum):
-    ON_ANY_FAILURE = "on-any-failure"
-    ON_ANY = "on-any"
-    UNTIL_ALL = "until-all"
-
-
-class RestartPolicy(enum.StrEnum):
-    NO = "no"
-    ON_FAILURE = "on-failure"
-    ALWAYS = "always"
-
-
-# NamedTuples, not dataclasses, here and in podmgr.systemd: the exit hook imports both,
-# and dataclasses (with inspect) would add a fifth to its start-up.
-class Bind(NamedTuple):
-    """A host path bind-mounted into an app's root."""
-
-    source: str
-    target: str
-    read_only: bool = False
-    recursive: bool = True

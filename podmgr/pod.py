@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from podmgr import launch, logger, metadata, podstate, rootfs, units
+from podmgr import launch, logger, metadata, podstate, rootfs, tokens, units
 from podmgr.errors import InvalidError, UsageError, require_root
 from podmgr.names import new_uuid
 from podmgr.podstate import AppRecord, PodRecord
@@ -248,12 +248,12 @@ def prepare(state: Path, spec: PodSpec) -> PodRecord:
         record = _prepare_in(tmp, final, uuid, manifest, manifests, images, spec)
         # The metadata service's token index; before the rename, so no pod lacks one.
         token = record.metadata_token
-        metadata.register(state, uuid, token)
+        tokens.register(state, uuid, token)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if token:
-            metadata.unregister(state, token)
+            tokens.unregister(state, token)
         with contextlib.suppress(Exception):
             images.unpin(uuid)
         raise
@@ -347,7 +347,7 @@ def _prepare_in(
         networks=spec.networks if spec.net is NetMode.CNI else (),
         ports=tuple((m.name, m.protocol, m.container_port, m.host_port, m.host_ip) for m in ports),
         apps=tuple(records),
-        metadata_token=metadata.new_token(),
+        metadata_token=tokens.new_token(),
         user_annotations=spec.user_annotations,
         user_labels=spec.user_labels,
     )

@@ -267,9 +267,9 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
     # Rename first, so that a crash mid-removal leaves no half-removed pod in the list.
     doomed = podstate.pods_dir(state) / f".rm-{uuid}"
     os.rename(pdir, doomed)
-    from podmgr import metadata
+    from podmgr import tokens
 
-    metadata.unregister(state, record.metadata_token)
+    tokens.unregister(state, record.metadata_token)
     shutil.rmtree(doomed, ignore_errors=True)
     with contextlib.suppress(Exception):
         Images(state).unpin(uuid)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podmgr.names import ExitPolicy, NetMode, RestartPolicy
+from podmgr.options import ExitPolicy, NetMode, RestartPolicy
 
 
 @dataclass

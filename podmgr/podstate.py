@@ -30,7 +30,7 @@ from podmgr.fsutil import atomic_write
 
 # The record's format version is shared with its readers that do without the models.
 from podmgr.launch import POD_RECORD_VERSION
-from podmgr.names import Bind, ExitPolicy, NetMode, RestartPolicy
+from podmgr.options import Bind, ExitPolicy, NetMode, RestartPolicy
 
 # Re-exported: finding pods needs no models (podmgr.podlist).
 from podmgr.podlist import all_uuids as all_uuids

@@ -389,7 +389,7 @@ def _drop(tdir: Path, why: str) -> None:
 
 
 def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | None:
-    from podmgr import metadata, rootfs
+    from podmgr import rootfs, tokens
 
     tdir = templates_dir(state) / key.name
     try:
@@ -407,7 +407,7 @@ def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | N
     for host_source in meta["host_sources"]:
         rootfs.check_host_source(host_source)  # the error the full path would give
     uuid = names.new_uuid()
-    token = metadata.new_token()
+    token = tokens.new_token()
     pods = state / "pods"
     tmp = pods / f".prep-{uuid}"
     pinned = registered = False
@@ -426,13 +426,13 @@ def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | N
         atomic_write(tmp / "pod.json", json.dumps(record, indent=1))
         pinned = True  # pin() may fail half-way: unpin either way
         store.pin(uuid, meta["ids"], dependencies=False)
-        metadata.register(state, uuid, token)
+        tokens.register(state, uuid, token)
         registered = True
         os.rename(tmp, pods / uuid)
     except BaseException as e:
         rmtree(tmp, ignore_errors=True)
         if registered:
-            metadata.unregister(state, token)
+            tokens.unregister(state, token)
         if pinned:
             with contextlib.suppress(Exception):
                 store.unpin(uuid)

@@ -28,15 +28,15 @@ from podmgr import isolators as iso
 # Re-exported: the names are part of this module's API.
 from podmgr.names import SLICE as SLICE
 from podmgr.names import UNIT_PREFIX as UNIT_PREFIX
-from podmgr.names import Bind as Bind
-from podmgr.names import ExitPolicy as ExitPolicy
-from podmgr.names import NetMode as NetMode
-from podmgr.names import RestartPolicy as RestartPolicy
 from podmgr.names import app_service as app_service
 from podmgr.names import exit_hook_unit as exit_hook_unit
 from podmgr.names import machine_name as machine_name
 from podmgr.names import pod_hex as pod_hex
 from podmgr.names import pod_slice as pod_slice
+from podmgr.options import Bind as Bind
+from podmgr.options import ExitPolicy as ExitPolicy
+from podmgr.options import NetMode as NetMode
+from podmgr.options import RestartPolicy as RestartPolicy
 
 #: ace.md "Execution Environment".
 APPC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

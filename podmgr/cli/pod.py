@@ -112,7 +112,7 @@ def _caps(value: str) -> list[str]:
 
 
 def _app_spec(segment: list[str]) -> Any:
-    from podmgr.names import RestartPolicy
+    from podmgr.options import RestartPolicy
     from podmgr.podspec import AppSpec
 
     if not segment:
@@ -259,8 +259,8 @@ _SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
 def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
-    from podmgr.names import ExitPolicy, NetMode
     from podmgr.netspec import Names, parse_nets, parse_port
+    from podmgr.options import ExitPolicy, NetMode
     from podmgr.podspec import PodSpec
 
     net_mode, networks = parse_nets(kw["net"])

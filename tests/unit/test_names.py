@@ -1,7 +1,8 @@
-"""Names podmgr derives: UUIDs, and the apps' overlay options."""
+"""Names podmgr derives: UUIDs, the apps' overlay options, and metadata tokens."""
 
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from pathlib import Path
 
@@ -30,3 +31,34 @@ def test_unmounting_what_is_not_mounted_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
     rootfs.unmount_roots([str(tmp_path / "rootfs"), str(tmp_path / "gone")])
     assert (tmp_path / "rootfs").is_dir()
+
+
+def test_metadata_tokens_are_urlsafe_base64_of_192_bits() -> None:
+    """tokens.new_token spells what secrets.token_urlsafe(24) would: 32 URL-safe
+    characters, distinct every time, and the index accepts them."""
+    import base64
+
+    from podmgr import tokens
+
+    made = {tokens.new_token() for _ in range(200)}
+    assert len(made) == 200
+    for t in made:
+        assert len(t) == 32 and tokens.TOKEN_RE.fullmatch(t), t
+        assert len(base64.urlsafe_b64decode(t)) == 24
+
+
+def test_the_token_index_links_a_token_to_its_pod(tmp_path: Path) -> None:
+    from podmgr import tokens
+    from podmgr.errors import InvalidError
+
+    t = tokens.new_token()
+    tokens.register(tmp_path, "u1", t)
+    tokens.register(tmp_path, "u1", t)  # idempotent
+    assert os.readlink(tokens.tokens_dir(tmp_path) / t) == "u1"
+    with pytest.raises(InvalidError):
+        tokens.register(tmp_path, "u2", t)
+    with pytest.raises(InvalidError):
+        tokens.register(tmp_path, "u1", "../escape")
+    tokens.unregister(tmp_path, t)
+    tokens.unregister(tmp_path, t)
+    assert not (tokens.tokens_dir(tmp_path) / t).exists()
