@@ -376,7 +376,17 @@ def exit_hook(state: Path, uuid: str) -> tuple[tuple[str, ...], tuple[str, ...]]
 def plan(
     state: Path, record: PodRecord, isolators: Sequence[Any] = (), manifest: Any = None
 ) -> units.PodPlan:
+    from podmgr.fetch.appstring import host_os_arch
+
     pdir = podstate.pod_dir(state, record.uuid)
+    m = manifest if manifest is not None else reified_manifest(state, record.uuid)
+    host_arch = host_os_arch()[1]
+
+    def native(app: str) -> bool:
+        ra = m.app(app) if hasattr(m, "app") else None
+        arch = ra.image.labels.get("arch") if ra is not None else None
+        return arch is None or arch == host_arch
+
     apps = tuple(
         units.AppPlan(
             name=a.name,
@@ -388,13 +398,14 @@ def plan(
             environment=a.environment,
             pre_start=a.pre_start,
             post_stop=a.post_stop,
-            isolators=tuple(isolators_of(state, record.uuid, a.name, manifest)),
+            isolators=tuple(isolators_of(state, record.uuid, a.name, m)),
             read_only_rootfs=a.read_only_rootfs,
             binds=a.bind_list(),
             restart=a.restart,
             notify=a.notify,
             rootfs=a.rootfs,
-            sockets=tuple(sockets_of(state, record.uuid, a.name, manifest)),
+            sockets=tuple(sockets_of(state, record.uuid, a.name, m)),
+            native_abi=native(a.name),
         )
         for a in record.apps
     )

@@ -75,6 +75,9 @@ def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path)
     assert pm.json("status", uuid)["state"] == "running"
     listed = {p["uuid"]: p for p in pm.json("list")}
     assert listed[uuid]["state"] == "running"
+    # An image for the host's arch makes the native ABI's system calls only.
+    abi = sh("systemctl", "show", "-p", "SystemCallArchitectures", "--value", unit).stdout
+    assert abi.split() == ["native"], abi
     # machined knows the pod.
     machines = sh("machinectl", "list", "--no-legend").stdout
     assert f"podmgr-{uuid.replace('-', '')}" in machines
