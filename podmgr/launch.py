@@ -444,18 +444,28 @@ def attach(pdir: Path) -> Iterator[str]:
         os.close(dir_fd)
 
 
-def prefetch(*modules: str) -> None:
-    """Import ``modules`` in a thread: called while this one waits for systemd (the GIL
-    is free then), it spares the imports' time later. A module imported meanwhile by
-    this thread waits for the other's import to finish (import locks)."""
+def prefetch(*modules: str, then: Callable[[], object] | None = None) -> None:
+    """Import ``modules`` in a thread, then call ``then``: called while this one waits
+    for systemd or the bus (the GIL is free then), it spares their time later. A module
+    imported meanwhile by this thread waits for the other's import to finish (import
+    locks)."""
     import importlib
 
     def imports() -> None:
         for m in modules:
             with contextlib.suppress(Exception):
                 importlib.import_module(m)
+        if then is not None:
+            with contextlib.suppress(Exception):
+                then()
 
     threading.Thread(target=imports, name="prefetch", daemon=True).start()
+
+
+def _preload_journal() -> None:
+    from podmgr import sdjournal
+
+    sdjournal.preload()
 
 
 def _has_sockets(pdir: Path) -> bool:
@@ -562,7 +572,7 @@ def run_attached(
             state,
             uuid,
             bus=bus,
-            queued=lambda: prefetch("podmgr.hook", "podmgr.journal"),
+            queued=lambda: prefetch("podmgr.hook", "podmgr.journal", then=_preload_journal),
             sd=sd,
             attached=attached,
         )
@@ -573,6 +583,8 @@ def run_attached(
             timer.start()
 
     interrupted = False
+    # ctypes (the roots' mount(2)) is imported while this thread waits for the bus.
+    prefetch("ctypes")
     try:
         with attach(state / "pods" / uuid) as attached:
             code = wait(state, uuid, bus=bus, attached=True, starting=starting, meanwhile=tail)
