@@ -263,20 +263,45 @@ def _start_units(
     *,
     wait_machine: bool,
 ) -> None:
-    # Followed (wait_machine false: the caller watches the apps), an app whose start job
-    # failed is left to the watch, which tells its exit. A Type=exec service whose
-    # process exits at once with a failure may fail its start job although it ran:
-    # systemd saw the exit before the exec (1 run in 60 of `sh -c "exit 3"`).
-    tolerate = () if wait_machine else [a["unit"] for a in apps]
+    # A Type=exec service whose process exits at once with a failure may fail its start
+    # job although it ran: systemd saw the exit before the exec (1 run in 60 of
+    # `sh -c "exit 3"`). Followed (wait_machine false: the caller watches the apps), its
+    # exit is the watch's to tell; else the start fails only if the app did not run.
+    from podmgr.systemd import JobFailedError
+
     try:
-        results = sd.start_transient_units(batch, queued=queued, tolerate=tolerate)
+        results = sd.start_transient_units(batch, queued=queued, tolerate=[a["unit"] for a in apps])
+        for r in results:
+            if r.result == "done":
+                continue
+            if wait_machine and not app_ran(r.exit):
+                raise JobFailedError(
+                    f"starting {r.unit}: job {r.result}", unit=r.unit, result=r.result
+                )
+            log.info("pod %s: the start job of %s: %s; it ran: %s", uuid, r.unit, r.result, r.exit)
     except PodmgrError:
         teardown_units(sd, uuid, ())  # the roots go with the caller's cleanup
         raise
-    for r in results:
-        if r.result != "done":
-            log.info("pod %s: the start job of %s: %s; its exit tells why", uuid, r.unit, r.result)
     _register_machine(sd, uuid, apps, wait=wait_machine)
+
+
+#: siginfo's si_code for a child's end (ExecMainCode): exited, killed, dumped core.
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+#: Exit statuses systemd's executor gives when it could not set an app up or exec it
+#: (EXIT_CHDIR … EXIT_BPF, systemd.exec(5)); an app's own exit is rarely among them.
+SETUP_FAILURES = range(200, 246)
+
+
+def app_ran(exit: Mapping[str, Any] | None) -> bool:
+    """Whether a service whose start job failed had run its app (its ExecMainCode and
+    ExecMainStatus, as :class:`podmgr.systemd.JobResult` has them): it exited with a
+    status of its own, or a signal ended it."""
+    if not exit:
+        return False
+    code, status = exit.get("ExecMainCode"), exit.get("ExecMainStatus")
+    if code in (CLD_KILLED, CLD_DUMPED):
+        return True
+    return code == CLD_EXITED and status not in SETUP_FAILURES
 
 
 def _register_machine(

@@ -285,6 +285,9 @@ class JobResult(NamedTuple):
     unit: str
     job: str
     result: str
+    #: A tolerated unit's failed start (:meth:`Systemd.start_transient_units`): its
+    #: service's ExecMainCode and ExecMainStatus as systemd told them, if it did.
+    exit: Mapping[str, Any] | None = None
 
 
 #: Properties read for a unit's status (Unit and Service interfaces).
@@ -549,13 +552,19 @@ class Systemd:
         Units are submitted in order (a slice before the services that name it). If a
         call fails, the units already submitted exist and are the caller's to clean up.
         ``queued`` is called once every job is queued, before the wait for them. A job
-        of a unit in ``tolerate`` may fail without raising: its result says so.
+        of a unit in ``tolerate`` may fail without raising: its result says so, with the
+        service's exit as its signals told it during the start (``exit``).
         """
         rule = self._job_removed_rule()
-        self.subscribe(rule)
+        paths = {unit_path(u): u for u in tolerate}
+        self.subscribe(rule, *[_changed_rule(p) for p in paths])
         queue: collections.deque[Any] = collections.deque()
+        changes: collections.deque[Any] = collections.deque()
         results: dict[str, JobResult] = {}
-        with self.conn.filter(rule, queue=queue):
+        with (
+            self.conn.filter(rule, queue=queue),
+            self.conn.filter(_changed_rule(), queue=changes),
+        ):
             calls = [
                 (
                     self._manager,
@@ -587,13 +596,48 @@ class Systemd:
                 _id, path, junit, result = msg.body
                 if path in jobs:
                     results[path] = JobResult(unit=str(junit), job=str(path), result=str(result))
-        ordered = [results[j] for j in jobs]
+            watched = set(paths.values())
+            failed = [r.unit for r in results.values() if r.result != "done" and r.unit in watched]
+            exits = self._told_exits(changes, paths)
+            if [u for u in failed if not exits.get(u, {}).get("ExecMainCode")]:
+                # The exit (a nonzero ExecMainCode) may be told after the job's end: a
+                # read, answered after every signal sent before it, brings those signals
+                # in, or the unit's own values.
+                try:
+                    read = self.read_properties(
+                        failed, ("LoadState", "ExecMainCode", "ExecMainStatus")
+                    )
+                except BusError:  # collected already: a fresh unit has no Service
+                    read = {}
+                exits = self._told_exits(changes, paths)
+                for u in failed:
+                    now = read.get(u, {})
+                    if (
+                        not exits.get(u, {}).get("ExecMainCode")
+                        and now.get("LoadState") == "loaded"
+                    ):
+                        exits[u] = {k: v for k, v in now.items() if k != "LoadState"}
+        ordered = [
+            r._replace(exit=exits.get(r.unit)) if r.result != "done" and r.unit in watched else r
+            for r in (results[j] for j in jobs)
+        ]
         for r in ordered:
             if r.result != "done" and r.unit not in tolerate:
                 raise JobFailedError(
                     f"starting {r.unit}: job {r.result}", unit=r.unit, result=r.result
                 )
         return ordered
+
+    @staticmethod
+    def _told_exits(changes: Iterable[Any], paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """The exit properties the services' PropertiesChanged told, per unit."""
+        exits: dict[str, dict[str, Any]] = {}
+        for msg in changes:
+            unit = paths.get(msg.header.fields.get(HeaderFields.path, ""))
+            if unit is not None and len(msg.body) == 3 and msg.body[0] == SERVICE_IFACE:
+                told = {k: v for k, (_sig, v) in msg.body[1].items() if k in _EXIT_PROPERTIES}
+                exits.setdefault(unit, {}).update(told)
+        return exits
 
     def register_machine(
         self,

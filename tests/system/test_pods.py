@@ -65,6 +65,20 @@ def test_a_pod_that_fails_at_once_gives_its_exit_code_every_time(pm: Podmgr, ima
     assert [(p.returncode, p.stdout, p.stderr) for p in codes] == [(3, "quick\n", "")] * 40
 
 
+def test_a_started_pod_that_fails_at_once_is_started(pm: Podmgr, images: Path) -> None:
+    """``start`` of such an app returns its pod (the app ran), even when systemd failed
+    the start job; the exit hook records the exit."""
+    aci = img(images, "quick2", ["/bin/sh", "-c", "exit 3"])
+    pm("fetch", INSECURE, aci)
+    started = [pm("start", "example.com/quick2", check=False) for _ in range(30)]
+    assert [(p.returncode, p.stderr) for p in started] == [(0, "")] * 30
+    for p in started:
+        uuid = p.stdout.strip()
+        pm("status", "--wait=30s", uuid)
+        st = pm.json("status", uuid)
+        assert (st["state"], st["exit_code"]) == ("exited", 3), st
+
+
 def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path) -> None:
     aci = img(images, "sleeper", ["/bin/sleep", "600"])
     uuid = pm("start", INSECURE, aci).stdout.strip()

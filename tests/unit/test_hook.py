@@ -95,3 +95,22 @@ def test_attached_path_exists_exactly_while_attached(tmp_path: Path) -> None:
             assert os.path.exists(path2)
             assert not os.path.exists(path2.replace("0003.lock", "0002.lock"))
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    ("exit", "ran"),
+    [
+        (None, False),  # nothing told: the start failed
+        ({}, False),
+        ({"ExecMainCode": 1, "ExecMainStatus": 3}, True),  # the app's own exit 3
+        ({"ExecMainCode": 1, "ExecMainStatus": 0}, True),
+        ({"ExecMainCode": 2, "ExecMainStatus": 9}, True),  # killed by SIGKILL
+        ({"ExecMainCode": 1, "ExecMainStatus": 203}, False),  # systemd's EXIT_EXEC
+        ({"ExecMainCode": 1, "ExecMainStatus": 226}, False),  # EXIT_NAMESPACE
+        ({"ExecMainCode": 0, "ExecMainStatus": 0}, False),  # never started
+    ],
+)
+def test_a_failed_start_job_whose_app_ran_is_a_start(exit: Any, ran: bool) -> None:
+    from podmgr import launch
+
+    assert launch.app_ran(exit) is ran
