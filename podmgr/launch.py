@@ -225,12 +225,12 @@ def start(
                 sysctls=sysctls,
             )
         if sd is not None:
-            _start_units(sd, uuid, apps, batch, queued, wait_machine=False)
+            _start_units(sd, uuid, apps, batch, queued, followed=True)
         else:
             from podmgr import systemd
 
             with systemd.connect(bus) as own:
-                _start_units(own, uuid, apps, batch, queued, wait_machine=True)
+                _start_units(own, uuid, apps, batch, queued, followed=False)
     except BaseException:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
         unmount_roots(roots)
@@ -261,12 +261,14 @@ def _start_units(
     batch: Batch,
     queued: Callable[[], object] | None,
     *,
-    wait_machine: bool,
+    followed: bool,
 ) -> None:
+    """Start the batch over ``sd`` and register the pod with machined. ``followed``: the
+    caller watches the apps (wait), so it neither waits for machined nor fails the start
+    for an app whose start job failed: the watch tells that app's exit."""
     # A Type=exec service whose process exits at once with a failure may fail its start
     # job although it ran: systemd saw the exit before the exec (1 run in 60 of
-    # `sh -c "exit 3"`). Followed (wait_machine false: the caller watches the apps), its
-    # exit is the watch's to tell; else the start fails only if the app did not run.
+    # `sh -c "exit 3"`). Unfollowed, the start fails only if the app did not run.
     from podmgr.systemd import JobFailedError
 
     try:
@@ -274,7 +276,7 @@ def _start_units(
         for r in results:
             if r.result == "done":
                 continue
-            if wait_machine and not app_ran(r.exit):
+            if not followed and not app_ran(r.exit):
                 raise JobFailedError(
                     f"starting {r.unit}: job {r.result}", unit=r.unit, result=r.result
                 )
@@ -282,7 +284,7 @@ def _start_units(
     except PodmgrError:
         teardown_units(sd, uuid, ())  # the roots go with the caller's cleanup
         raise
-    _register_machine(sd, uuid, apps, wait=wait_machine)
+    _register_machine(sd, uuid, apps, wait=not followed)
 
 
 #: siginfo's si_code for a child's end (ExecMainCode): exited, killed, dumped core.

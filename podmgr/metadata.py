@@ -14,7 +14,7 @@ directory, whose files answer the request.
 
 A request can only reach the pod its token names: paths are matched against a fixed
 set of routes, app names against the pod's own apps, and nothing taken from a URL is
-ever used as a file name except the token, which must match :data:`TOKEN_RE` first.
+ever used as a file name except the token, which must match :data:`podmgr.tokens.TOKEN_RE` first.
 
 Everything heavy (http.server, cryptography) is imported inside the functions that serve,
 so that :func:`metadata_url`, which ``podmgr start`` needs, costs nothing.
@@ -37,12 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from podmgr import logger
 from podmgr.errors import InvalidError, UsageError
 from podmgr.options import NetMode
-from podmgr.tokens import TOKEN_RE as TOKEN_RE
-from podmgr.tokens import metadata_dir as metadata_dir
-from podmgr.tokens import new_token as new_token
-from podmgr.tokens import register as register
-from podmgr.tokens import tokens_dir as tokens_dir
-from podmgr.tokens import unregister as unregister
+from podmgr.tokens import TOKEN_RE, metadata_dir, tokens_dir
 
 if TYPE_CHECKING:
     from podmgr.podstate import PodRecord

@@ -286,7 +286,7 @@ class JobResult(NamedTuple):
     job: str
     result: str
     #: A tolerated unit's failed start (:meth:`Systemd.start_transient_units`): its
-    #: service's ExecMainCode and ExecMainStatus as systemd told them, if it did.
+    #: service's Result, ExecMainCode and ExecMainStatus as systemd told them, if it did.
     exit: Mapping[str, Any] | None = None
 
 
@@ -598,25 +598,7 @@ class Systemd:
                     results[path] = JobResult(unit=str(junit), job=str(path), result=str(result))
             watched = set(paths.values())
             failed = [r.unit for r in results.values() if r.result != "done" and r.unit in watched]
-            exits = self._told_exits(changes, paths)
-            if [u for u in failed if not exits.get(u, {}).get("ExecMainCode")]:
-                # The exit (a nonzero ExecMainCode) may be told after the job's end: a
-                # read, answered after every signal sent before it, brings those signals
-                # in, or the unit's own values.
-                try:
-                    read = self.read_properties(
-                        failed, ("LoadState", "ExecMainCode", "ExecMainStatus")
-                    )
-                except BusError:  # collected already: a fresh unit has no Service
-                    read = {}
-                exits = self._told_exits(changes, paths)
-                for u in failed:
-                    now = read.get(u, {})
-                    if (
-                        not exits.get(u, {}).get("ExecMainCode")
-                        and now.get("LoadState") == "loaded"
-                    ):
-                        exits[u] = {k: v for k, v in now.items() if k != "LoadState"}
+            exits = self._failed_exits(failed, changes, paths) if failed else {}
         ordered = [
             r._replace(exit=exits.get(r.unit)) if r.result != "done" and r.unit in watched else r
             for r in (results[j] for j in jobs)
@@ -628,15 +610,25 @@ class Systemd:
                 )
         return ordered
 
-    @staticmethod
-    def _told_exits(changes: Iterable[Any], paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-        """The exit properties the services' PropertiesChanged told, per unit."""
-        exits: dict[str, dict[str, Any]] = {}
-        for msg in changes:
-            unit = paths.get(msg.header.fields.get(HeaderFields.path, ""))
-            if unit is not None and len(msg.body) == 3 and msg.body[0] == SERVICE_IFACE:
-                told = {k: v for k, (_sig, v) in msg.body[1].items() if k in _EXIT_PROPERTIES}
-                exits.setdefault(unit, {}).update(told)
+    def _failed_exits(
+        self, failed: Sequence[str], changes: Iterable[Any], paths: Mapping[str, str]
+    ) -> dict[str, dict[str, Any]]:
+        """The exit of each failed service: as its PropertiesChanged (``changes``) told
+        it, else as a read shows it. The exit (a nonzero ExecMainCode) may be told after
+        the job's end: the read, answered after every signal sent before it, brings those
+        signals in too. Call this with the filter that fills ``changes`` in place."""
+        exits = _told_exits(changes, paths)
+        if all(exits.get(u, {}).get("ExecMainCode") for u in failed):
+            return exits
+        try:
+            read = self.read_properties(failed, ("LoadState", *sorted(_EXIT_PROPERTIES)))
+        except BusError:  # collected already: a fresh unit has no Service interface
+            read = {}
+        exits = _told_exits(changes, paths)
+        for u in failed:
+            now = read.get(u, {})
+            if not exits.get(u, {}).get("ExecMainCode") and now.pop("LoadState", "") == "loaded":
+                exits[u] = now
         return exits
 
     def register_machine(
@@ -849,6 +841,17 @@ class Systemd:
         for _unit, props in self.watch([unit], done, timeout=timeout, idle=idle):
             return props
         raise AssertionError("unreachable")
+
+
+def _told_exits(changes: Iterable[Any], paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The exit properties the services' PropertiesChanged told, per unit."""
+    exits: dict[str, dict[str, Any]] = {}
+    for msg in changes:
+        unit = paths.get(msg.header.fields.get(HeaderFields.path, ""))
+        if unit is not None and len(msg.body) == 3 and msg.body[0] == SERVICE_IFACE:
+            told = {k: v for k, (_sig, v) in msg.body[1].items() if k in _EXIT_PROPERTIES}
+            exits.setdefault(unit, {}).update(told)
+    return exits
 
 
 def _get_calls(

@@ -357,7 +357,7 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
     """The oneshot unit that records an app's exit and applies the pod's exit policy.
 
     Unless ``podmgr run`` is attached to the pod and does that work itself: it then
-    starts the pod with :func:`attached_hook` in place of this.
+    starts the hook with a condition that skips it meanwhile (``launch._attached_hooks``).
     """
     props: dict[str, Any] = {
         "Description": f"podmgr pod {pod.uuid} app {app} exit",
