@@ -1,4 +1,5 @@
-"""Confinement as unit properties: the system call ABIs an app may use."""
+"""Confinement as unit properties: the system call ABIs an app may use, the kernel log
+and modules, the host's /sys."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ pytestmark = pytest.mark.unit
 UUID = "00000000-0000-0000-0000-000000000001"
 
 
-def props(*, native_abi: bool, isolators: tuple[Any, ...] = ()) -> dict[str, Any]:
+def props(
+    *,
+    native_abi: bool = True,
+    isolators: tuple[Any, ...] = (),
+    netns: str | None = None,
+    binds: tuple[units.Bind, ...] = (),
+) -> dict[str, Any]:
     app = units.AppPlan(
         name="web",
         exec=("/bin/httpd",),
@@ -23,8 +30,16 @@ def props(*, native_abi: bool, isolators: tuple[Any, ...] = ()) -> dict[str, Any
         rootfs="/r",
         native_abi=native_abi,
         isolators=isolators,
+        binds=binds,
     )
-    return units.app_properties(app, units.PodPlan(uuid=UUID, apps=(app,)))
+    pod = units.PodPlan(uuid=UUID, apps=(app,), netns_path=netns)
+    return units.app_properties(app, pod)
+
+
+def caps(names: list[str]) -> Any:
+    return iso.CapabilitiesRetainSetIsolator.model_validate(
+        {"name": "os/linux/capabilities-retain-set", "value": {"set": names}}
+    )
 
 
 def seccomp(value: dict[str, Any], *, retain: bool) -> Any:
@@ -53,3 +68,48 @@ def test_an_image_for_another_arch_and_no_filter_keep_every_abi() -> None:
     everything = seccomp({"set": ["@appc.io/all"]}, retain=True)
     p = props(native_abi=True, isolators=(everything,))
     assert "SystemCallFilter" not in p and "SystemCallArchitectures" not in p
+
+
+SYSLOG = 1 << units.CAP_NUMBERS["SYSLOG"]
+SYS_MODULE = 1 << units.CAP_NUMBERS["SYS_MODULE"]
+
+
+def test_the_kernel_log_is_kept_from_apps_by_their_one_filter() -> None:
+    # The default: no CAP_SYSLOG (/proc/kmsg refused by the kernel), syslog(2) denied.
+    p = props()
+    assert not p["CapabilityBoundingSet"] & SYSLOG
+    assert p["SystemCallFilter"][0] is False and "syslog" in p["SystemCallFilter"][1]
+    assert "ProtectKernelLogs" not in p and "ProtectKernelModules" not in p
+    # A deny list of the manifest's gets syslog too, an allow list loses it.
+    deny = props(isolators=(seccomp({"set": ["ptrace"]}, retain=False),))
+    assert deny["SystemCallFilter"] == (False, ["ptrace", "syslog"])
+    allow = props(isolators=(seccomp({"set": ["read", "syslog"]}, retain=True),))
+    assert allow["SystemCallFilter"][0] is True
+    assert "syslog" not in allow["SystemCallFilter"][1] and "read" in allow["SystemCallFilter"][1]
+    # No filter at all: systemd's ProtectKernelLogs= does it.
+    off = props(isolators=(seccomp({"set": ["@appc.io/all"]}, retain=True),))
+    assert off["ProtectKernelLogs"] is True and "SystemCallFilter" not in off
+
+
+def test_a_manifest_that_retains_cap_syslog_or_sys_module_gets_them() -> None:
+    p = props(isolators=(caps(["CAP_SYSLOG", "CAP_SYS_MODULE"]),))
+    assert p["CapabilityBoundingSet"] == SYSLOG | SYS_MODULE
+    assert "syslog" not in p["SystemCallFilter"][1]
+    assert "ProtectKernelLogs" not in p and "ProtectKernelModules" not in p
+    # Without CAP_SYS_MODULE (the default) the kernel refuses modules, and the default
+    # deny list blocks their calls.
+    d = props()
+    assert not d["CapabilityBoundingSet"] & SYS_MODULE
+    assert {"init_module", "finit_module", "delete_module"} <= set(d["SystemCallFilter"][1])
+
+
+def test_the_host_network_gets_the_hosts_sysfs_alone_read_only() -> None:
+    p = props()
+    assert ("/sys", "/sys", False, 0) in p["BindReadOnlyPaths"]  # no MS_REC
+    assert p["ProtectKernelTunables"] is True and p["ProtectControlGroups"] is True
+    # A pod network: systemd's sysfs of that namespace, not the host's.
+    own = props(netns="/run/netns/podmgr-x")
+    assert "BindReadOnlyPaths" not in own
+    # A volume of the manifest's at /sys wins.
+    vol = props(binds=(units.Bind(source="/srv/sys", target="/sys", read_only=True),))
+    assert vol["BindReadOnlyPaths"] == [("/srv/sys", "/sys", False, units.MS_REC)]
