@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 
 log = logger.get(__name__)
 
-#: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3.
-TEMPLATE_VERSION = 3
+#: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3. 4: the apps'
+#: confinement as of podmgr.units.kernel_protection and HOST_SYSFS (a template keeps the
+#: unit properties it was made with).
+TEMPLATE_VERSION = 4
 #: Templates kept per state directory.
 KEEP = 16
 #: Environment variables whose values prepare reads (besides --inherit-env's).
