@@ -104,7 +104,7 @@ def record_exit(
         "name": app, "result": result, "code": code, "status": status, "signal": sig,
         "restarts": restarts, "time": datetime.now(UTC).isoformat(),
     }  # fmt: skip
-    return create_new(pdir / "apps" / app / "exit.json", json.dumps(exit_record))
+    return create_new(names.exit_record(pdir, app), json.dumps(exit_record))
 
 
 def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: str | None) -> None:

@@ -130,7 +130,7 @@ def timestamp() -> str:
 def app_exit(pdir: Path, app: str) -> dict[str, Any] | None:
     """The app's ``exit.json`` (:class:`podmgr.podstate.AppExit`), or None."""
     with contextlib.suppress(FileNotFoundError, ValueError):
-        data = json.loads((pdir / "apps" / app / "exit.json").read_bytes())
+        data = json.loads(names.exit_record(pdir, app).read_bytes())
         if isinstance(data, dict) and "result" in data and "time" in data:
             return data
     return None
@@ -198,7 +198,7 @@ def start(
             raise UsageError("only a pod of one app can have the caller's terminal")
         batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
     if attached is not None:
-        batch = _attached_hooks(batch, uuid, apps, attached)
+        batch = _attached_hooks(batch, pdir, apps, attached)
     userdb.ensure(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
@@ -242,16 +242,29 @@ def start(
         raise
 
 
-def _attached_hooks(batch: Batch, uuid: str, apps: Sequence[Mapping[str, Any]], path: str) -> Batch:
-    """``batch`` with the pod's exit hooks skipped while ``path`` exists: systemd tests
-    that in PID 1 when an app ends (names.attached_condition)."""
-    hooks = {names.exit_hook_unit(uuid, a["name"], failed=f) for a in apps for f in (False, True)}
-    # (type, trigger, negate, parameter): ConditionPathExists=!path
-    cond = [("ConditionPathExists", False, True, path)]
-    return [
-        (n, p, [(an, {**ap, "Conditions": cond} if an in hooks else ap) for an, ap in aux])
-        for n, p, aux in batch
-    ]
+def _attached_hooks(
+    batch: Batch, pdir: Path, apps: Sequence[Mapping[str, Any]], path: str
+) -> Batch:
+    """``batch`` with the pod's exit hooks skipped while ``path`` exists, and once the
+    app's end is recorded (its ``exit.json``): systemd tests both in PID 1 when the hook's
+    job runs (names.attached_condition), which may be after run has returned. So run need
+    not wait for the hooks it has done the work of; one whose run died before recording
+    the app's end runs."""
+    hooks = {
+        names.exit_hook_unit(pdir.name, a["name"], failed=f): a["name"]
+        for a in apps
+        for f in (False, True)
+    }
+
+    def held(name: str, props: dict[str, Any]) -> dict[str, Any]:
+        if name not in hooks:
+            return props
+        # (type, trigger, negate, parameter): ConditionPathExists=!path
+        recorded = str(names.exit_record(pdir, hooks[name]))
+        cond = [("ConditionPathExists", False, True, p) for p in (path, recorded)]
+        return {**props, "Conditions": cond}
+
+    return [(n, p, [(an, held(an, ap)) for an, ap in aux]) for n, p, aux in batch]
 
 
 def _start_units(
@@ -387,6 +400,7 @@ def wait(
         # Not before: run_attached's start imports it meanwhile (prefetch).
         from podmgr.hook import app_ended, exit_from_unit, record_exit
 
+        unrecorded = len(apps)
         for unit, final in exits:
             a = left.pop(unit)
             ex = exit_from_unit(final)
@@ -394,6 +408,7 @@ def wait(
             # the two comes first writes it.
             with contextlib.suppress(OSError):
                 record_exit(pdir, a["name"], ex, final.get("NRestarts"))
+                unrecorded -= 1
             if attached and left:
                 app_ended(sd, pdir, record, a["name"], ex)
         tail = None
@@ -420,9 +435,11 @@ def wait(
             sd.stop_unit(slice_unit, meanwhile=lambda: unmount_roots(roots))
         except systemd.NoSuchUnitError:
             unmount_roots(roots)
-        # Exit hooks started when their apps ended (unless skipped while attached); once
-        # they are done nothing of the pod's is left running.
-        _await_hooks(sd, uuid)
+        # Exit hooks started when their apps ended; once they are done nothing of the
+        # pod's is left running. Attached, each is skipped (_attached_hooks), now or once
+        # this has returned, if its app's end is recorded.
+        if not attached or unrecorded:
+            _await_hooks(sd, uuid)
         if tail is not None:
             tail.join()
     code = pod_exit_code(pdir, [a["name"] for a in apps])

@@ -7,6 +7,10 @@ manifest schema. The closed sets of pod options are in :mod:`podmgr.options`.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SLICE = "podmgr.slice"
 UNIT_PREFIX = "podmgr-"
@@ -67,3 +71,9 @@ def attached_condition(uuid: str, pid: int, dir_fd: int) -> str:
 
 def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
+
+
+def exit_record(pdir: Path, app: str) -> Path:
+    """An app's ``exit.json`` in its pod's directory ``pdir``: the record of its end, by
+    ``podmgr run`` or its exit hook (podmgr.hook.record_exit), whichever comes first."""
+    return pdir / "apps" / app / "exit.json"

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from podmgr import names
 from podmgr.errors import InvalidError, NotFoundError
 from podmgr.fsutil import atomic_write
 
@@ -147,9 +148,9 @@ def load(directory: Path) -> PodRecord:
 
 def app_exit(directory: Path, app: str) -> AppExit | None:
     with contextlib.suppress(FileNotFoundError, ValueError, ValidationError):
-        return AppExit.model_validate_json((directory / "apps" / app / "exit.json").read_bytes())
+        return AppExit.model_validate_json((names.exit_record(directory, app)).read_bytes())
     return None
 
 
 def write_app_exit(directory: Path, ex: AppExit) -> None:
-    atomic_write(directory / "apps" / ex.name / "exit.json", ex.model_dump_json())
+    atomic_write(names.exit_record(directory, ex.name), ex.model_dump_json())

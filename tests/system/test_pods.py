@@ -317,6 +317,33 @@ def test_attached_run_keeps_the_exit_hooks_idle(pm: Podmgr, images: Path) -> Non
     assert st["apps"][0]["exit"]["status"] == 4
 
 
+def test_run_returns_without_waiting_for_hooks_that_never_run(
+    pm: Podmgr, images: Path, tmp_path: Path
+) -> None:
+    """``run`` records each app's end before it returns, and the hooks' second condition
+    (the app's exit.json) skips a hook whose job systemd runs after run has gone: run does
+    not wait for them, and none ever runs."""
+    ok = img(images, "quick", ["/bin/true"])
+    uuids = []
+    for i in range(10):
+        saved = tmp_path / f"u{i}"
+        pm("run", INSECURE, "--net=host", "--uuid-file-save", str(saved), ok)
+        uuids.append(saved.read_text().strip())
+    for uuid in uuids:
+        hook = f"podmgr-exit-{uuid.replace('-', '')}-quick.service"
+
+        def said(hook: str = hook) -> str:
+            return sh("journalctl", "-o", "cat", "-u", hook).stdout
+
+        until(lambda: "skipped" in said(), f"{hook} skipped")
+        text = said()
+        assert "ConditionPathExists=!" in text, text
+        assert "Finished" not in text and "Failed" not in text, text
+        st = pm.json("status", uuid)
+        assert (st["state"], st["exit_code"]) == ("exited", 0)
+    assert "podmgr.hook" not in sh("ps", "-eo", "args").stdout
+
+
 def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
     pm: Podmgr, images: Path, tmp_path: Path
 ) -> None:

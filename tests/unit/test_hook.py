@@ -60,15 +60,19 @@ def test_the_exit_hook_stands_by_while_run_is_attached() -> None:
     hooks = [names.exit_hook_unit(uuid, "web"), names.exit_hook_unit(uuid, "web", failed=True)]
     other = ("podmgr-net-x.service", {"Type": "oneshot"})
     batch: launch.Batch = [(app, {"Type": "exec"}, [(h, hook) for h in hooks] + [other])]
-    ((name, props, aux),) = launch._attached_hooks(batch, uuid, [{"name": "web"}], path)
+    pdir = Path("/s/pods") / uuid
+    ((name, props, aux),) = launch._attached_hooks(batch, pdir, [{"name": "web"}], path)
     assert (name, props) == (app, {"Type": "exec"})
     assert [h for h, _ in aux[:2]] == hooks
+    # And once run has recorded the app's end: a hook whose job runs after run has
+    # returned is skipped too, so run does not wait for the hooks.
+    conds = [
+        ("ConditionPathExists", False, True, path),
+        ("ConditionPathExists", False, True, f"/s/pods/{uuid}/apps/web/exit.json"),
+    ]
     for _h, p in aux[:2]:
-        assert p["Conditions"] == [("ConditionPathExists", False, True, path)]
-        assert dict(systemd.encode_properties(p))["Conditions"] == (
-            "a(sbbs)",
-            [("ConditionPathExists", False, True, path)],
-        )
+        assert p["Conditions"] == conds
+        assert dict(systemd.encode_properties(p))["Conditions"] == ("a(sbbs)", conds)
     assert aux[2] == other
     # The plan keeps the hook as it was (a template is cloned for other runs).
     assert "Conditions" not in hook
