@@ -323,6 +323,8 @@ class Systemd:
         self._subscribed = False
         #: Match rules this connection has added already (a rule stays until it closes).
         self._matches: set[str] = set()
+        #: Calls sent ahead of the next call_many's own (see subscribe's ``defer``).
+        self._deferred: list[tuple[DBusAddress, str, str | None, tuple[Any, ...]]] = []
         self._manager = DBusAddress(
             MANAGER_PATH, bus_name=SYSTEMD_BUS_NAME, interface=MANAGER_IFACE
         )
@@ -366,6 +368,8 @@ class Systemd:
         queued before it starts running the first one's jobs, and no round trip waits
         behind those jobs.
         """
+        deferred, self._deferred = self._deferred, []
+        calls = [*deferred, *calls]
         replies: collections.deque[Any] = collections.deque()
         serials: dict[int, int] = {}
         with (
@@ -401,7 +405,10 @@ class Systemd:
                 else:
                     out[i] = tuple(msg.body)
                 left -= 1
-        return [r for r in out if r is not None]
+        for reply in out[: len(deferred)]:
+            if isinstance(reply, BusError):
+                raise reply
+        return [r for r in out[len(deferred) :] if r is not None]
 
     def manager_call(self, method: str, signature: str | None = None, *body: Any) -> Any:
         out = self.call(self._manager, method, signature, tuple(body))
@@ -444,10 +451,15 @@ class Systemd:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def subscribe(self, *rules: MatchRule) -> None:
+    def subscribe(self, *rules: MatchRule, defer: bool = False) -> None:
         """Ask systemd to send its signals (JobRemoved, PropertiesChanged) to us, and the
         bus to pass on those that match ``rules``: in one round trip, and only what this
-        connection has not asked for yet."""
+        connection has not asked for yet.
+
+        ``defer``: in the round trip of this connection's next call instead, ahead of it.
+        The bus and systemd handle a connection's messages in order, so the rules hold
+        before that call does anything (say, starts the units they watch); and ``run``
+        waits for one round trip less."""
         calls: list[tuple[DBusAddress, str, str | None, tuple[Any, ...]]] = []
         if not self._subscribed:
             calls.append((self._manager, "Subscribe", None, ()))
@@ -457,9 +469,12 @@ class Systemd:
         calls += [(message_bus, "AddMatch", "s", (r,)) for r in new]
         if not calls:
             return
-        for reply in self.call_many(calls):
-            if isinstance(reply, BusError):
-                raise reply
+        if defer:
+            self._deferred += calls
+        else:
+            for reply in self.call_many(calls):
+                if isinstance(reply, BusError):
+                    raise reply
         self._subscribed = True
         self._matches.update(new)
 
@@ -736,9 +751,10 @@ class Systemd:
         """
         paths = {unit_path(u): u for u in units}
         # With ``jobs``, the caller is about to start the units over this connection
-        # (start_transient_units): their JobRemoved is asked for in the same round trip.
+        # (start_transient_units): their JobRemoved is asked for too, and all of it in
+        # that start's round trip (or once iteration begins, if that comes first).
         jobs_rule = [self._job_removed_rule()] if jobs else []
-        self.subscribe(*[_changed_rule(p) for p in paths], *jobs_rule)
+        self.subscribe(*[_changed_rule(p) for p in paths], *jobs_rule, defer=jobs)
         deadline = None if timeout is None else time.monotonic() + timeout
         # The filters take this connection's messages from here on, not once iteration
         # begins: the caller may start the units over this very connection meanwhile.
@@ -775,6 +791,8 @@ class Systemd:
         told: dict[str, set[str]] = {u: set() for u in units}
         left = list(units)
         try:
+            if self._deferred:
+                self.call_many([])  # the subscription no call has taken along yet
             pending = self._send_gets(units, WATCH_PROPERTIES)
             while left:
                 if not pending:
