@@ -259,3 +259,25 @@ def test_watch_does_not_take_a_restart_for_an_end(sd: Systemd, unit_name: str) -
         for n in (1, 2):
             Path(f"/run/{unit_name}.n{n}").unlink(missing_ok=True)
     assert (final["ActiveState"], final["ExecMainStatus"], final["NRestarts"]) == ("failed", 4, 2)
+
+
+def test_a_watch_for_jobs_subscribes_with_the_next_call_or_at_iteration(
+    sd: Systemd, unit_name: str
+) -> None:
+    """``watch(jobs=True)`` leaves its Subscribe and AddMatch to the next call over its
+    connection (run's StartTransientUnit); should the units be started elsewhere, its
+    iteration sends them itself, and the exit is still seen."""
+    exits = sd.watch([unit_name], idle=True, timeout=30, jobs=True)
+    assert sd._deferred  # nothing sent yet
+    with systemd.connect() as other:
+        other.start_transient_unit(
+            unit_name, {"ExecStart": [("/bin/sh", ["/bin/sh", "-c", "sleep 0.3; exit 3"], False)]}
+        )
+    ((unit, final),) = list(exits)
+    assert unit == unit_name and final["ExecMainStatus"] == 3
+    assert not sd._deferred
+    # Taken along by the next call instead: the replies are that call's own.
+    sd.watch([f"x{unit_name}"], jobs=True).close()
+    assert sd._deferred
+    assert sd.call_many([]) == []
+    assert not sd._deferred
