@@ -297,7 +297,8 @@ def _start_units(
     except PodmgrError:
         teardown_units(sd, uuid, ())  # the roots go with the caller's cleanup
         raise
-    _register_machine(sd, uuid, apps, wait=not followed)
+    if not followed:
+        _register_machine(sd, uuid, apps)
 
 
 #: siginfo's si_code for a child's end (ExecMainCode): exited, killed, dumped core.
@@ -319,27 +320,40 @@ def app_ran(exit: Mapping[str, Any] | None) -> bool:
     return code == CLD_EXITED and status not in SETUP_FAILURES
 
 
-def _register_machine(
-    sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]], *, wait: bool = True
-) -> None:
-    from podmgr.hook import leader
+def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
     from podmgr.systemd import SERVICE_IFACE, BusError, unit_path
+
+    lead = _lead(uuid, apps)
+    if lead is None:
+        return
+    try:
+        pid = int(sd.get_property(unit_path(lead["unit"]), SERVICE_IFACE, "MainPID") or 0)
+    except BusError as e:
+        log.info("pod %s not registered with machined: %s", uuid, e)
+        return
+    _register_leader(sd, uuid, lead, pid, wait=True)
+
+
+def _lead(uuid: str, apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The app whose process machined takes for the pod's leader."""
+    from podmgr.hook import leader
 
     lead = leader(apps)
     if lead is None:
         log.info("pod %s: every app restarts; not registered with machined", uuid)
-        return
+    return lead
+
+
+def _register_leader(sd: Any, uuid: str, lead: Mapping[str, Any], pid: int, *, wait: bool) -> None:
+    from podmgr.systemd import BusError
+
+    if not pid:
+        return  # ended already
+    machine = names.machine_name(uuid)
     try:
-        pid = int(sd.get_property(unit_path(lead["unit"]), SERVICE_IFACE, "MainPID") or 0)
-        if pid:
-            sd.register_machine(
-                names.machine_name(uuid),
-                names.pod_hex(uuid),
-                pid,
-                lead["rootfs"],
-                service="podmgr",
-                wait=wait,
-            )
+        sd.register_machine(
+            machine, names.pod_hex(uuid), pid, lead["rootfs"], service="podmgr", wait=wait
+        )
     except BusError as e:
         # machined is optional (systemd-container); the pod runs without it.
         log.info("pod %s not registered with machined: %s", uuid, e)
@@ -393,8 +407,24 @@ def wait(
     slice_unit = names.pod_slice(uuid)
     with systemd.connect(bus) as sd:
         left = {a["unit"]: a for a in apps}
+        running = None
+        if starting is not None:
+            # The pod is registered with machined once the watch sees its leader's
+            # process (in a signal, or the read that begins the watch): no round trip
+            # for its MainPID right after the start, when systemd is busiest with the
+            # app's start (or end), and none waits for machined.
+            def running(unit: str, pid: int) -> None:
+                # Not before the start: podmgr.hook is imported meanwhile (prefetch).
+                from podmgr.hook import leader
+
+                lead = leader(apps)
+                if lead is not None and unit == lead["unit"]:
+                    _register_leader(sd, uuid, lead, pid, wait=False)
+
         # idle: an app whose start (or restart) job is queued has not ended.
-        exits = sd.watch(list(left), timeout=timeout, idle=True, jobs=starting is not None)
+        exits = sd.watch(
+            list(left), timeout=timeout, idle=True, jobs=starting is not None, running=running
+        )
         if starting is not None:
             starting(sd)
         # Not before: run_attached's start imports it meanwhile (prefetch).

@@ -735,10 +735,13 @@ class Systemd:
         timeout: float | None = None,
         idle: bool = False,
         jobs: bool = False,
+        running: Callable[[str, int], object] | None = None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(unit, properties)`` as each of the units reaches an ActiveState in
         ``done`` (with ``idle``, also with no job queued: a unit about to start reads as
         inactive), in the order they get there, with their :data:`WATCH_PROPERTIES`.
+        ``running(unit, pid)`` is called, while iterating, once per unit whose MainPID a
+        signal or read has told (not for a unit that ended before either did).
 
         PropertiesChanged is matched on every unit here, at once; the properties are
         read when iteration begins. So a caller may watch units, then start them, and
@@ -764,7 +767,7 @@ class Systemd:
             self.conn.filter(MatchRule(type="method_return"), queue=stream),
             self.conn.filter(MatchRule(type="error"), queue=stream),
         ]
-        return self._watch(paths, set(done), deadline, idle, stream, handles)
+        return self._watch(paths, set(done), deadline, idle, stream, handles, running)
 
     def _watch(
         self,
@@ -774,6 +777,7 @@ class Systemd:
         idle: bool,
         stream: collections.deque[Any],
         handles: Sequence[Any],
+        running: Callable[[str, int], object] | None = None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         def ended(p: Mapping[str, Any]) -> bool:
             job = p.get("Job")
@@ -790,6 +794,13 @@ class Systemd:
         # (systemd 252; 2 runs in 60 of a pod that exits at once, before this rule).
         told: dict[str, set[str]] = {u: set() for u in units}
         left = list(units)
+        pids: set[str] = set()  # units whose MainPID went to ``running``
+
+        def tell_pid(unit: str) -> None:
+            pid = props[unit].get("MainPID")
+            if running is not None and pid and unit not in pids:
+                pids.add(unit)
+                running(unit, int(pid))
         try:
             if self._deferred:
                 self.call_many([])  # the subscription no call has taken along yet
@@ -816,6 +827,7 @@ class Systemd:
                     _iface, changed, invalidated = msg.body
                     props[unit].update((k, v) for k, (_sig, v) in changed.items() if k in _WATCHED)
                     told[unit].update(k for k in changed if k in _EXIT_PROPERTIES)
+                    tell_pid(unit)
                     stale = [k for k in invalidated if k in _WATCHED]
                     reading = (unit, "ActiveState") in pending.values()
                     if ended(props[unit]) and unit in left and not reading:
@@ -842,6 +854,8 @@ class Systemd:
                 if name in told[unit]:
                     continue
                 props[unit][name] = value
+                if name == "MainPID":
+                    tell_pid(unit)
         finally:
             for h in handles:
                 h.close()

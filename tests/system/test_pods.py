@@ -368,6 +368,12 @@ def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
         uuid = saved.read_text().strip()
         units = [unit_of(uuid, "waiter"), unit_of(uuid, "sleeper3")]
         until(lambda: sh("systemctl", "is-active", *units).returncode == 0, "both apps up")
+        # run registered the pod with machined once it saw the leader's process.
+        name = f"podmgr-{uuid.replace('-', '')}"
+        until(lambda: name in sh("machinectl", "list", "--no-legend").stdout, "machine")
+        leader = sh("machinectl", "show", "-p", "Leader", "--value", name).stdout.strip()
+        main = sh("systemctl", "show", "-p", "MainPID", "--value", units[0]).stdout.strip()
+        assert leader == main, (leader, main)
     finally:
         run.kill()
         run.wait()
