@@ -14,7 +14,7 @@ directory, whose files answer the request.
 
 A request can only reach the pod its token names: paths are matched against a fixed
 set of routes, app names against the pod's own apps, and nothing taken from a URL is
-ever used as a file name except the token, which must match :data:`podmgr.tokens.TOKEN_RE` first.
+ever used as a file name except the token, which must match :func:`podmgr.tokens.is_token` first.
 
 Everything heavy (http.server, cryptography) is imported inside the functions that serve,
 so that :func:`metadata_url`, which ``podmgr start`` needs, costs nothing.
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from podmgr import logger
 from podmgr.errors import InvalidError, UsageError
 from podmgr.options import NetMode
-from podmgr.tokens import TOKEN_RE, metadata_dir, tokens_dir
+from podmgr.tokens import is_token, metadata_dir, tokens_dir
 
 if TYPE_CHECKING:
     from podmgr.podstate import PodRecord
@@ -121,7 +121,7 @@ def sweep(state: Path) -> list[str]:
 
 def lookup(state: Path, token: str) -> PodRecord | None:
     """The pod whose token this is, or None."""
-    if not TOKEN_RE.fullmatch(token):
+    if not is_token(token):
         return None
     try:
         uuid = os.readlink(tokens_dir(state) / token)

@@ -32,6 +32,7 @@ kept (least recently used go). ``PODMGR_TEMPLATES=0`` turns templates off.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -63,24 +64,37 @@ _ENV_READ = ("PODMGR_METADATA_URL",)
 
 
 # NamedTuples, not dataclasses, on the start-up path: dataclasses imports inspect (with
-# ast, dis and tokenize), 5-7 ms of every `podmgr run`.
+# ast, dis and tokenize), 5-7 ms of every `podmgr run`. And collections.namedtuple at run
+# time (typing.NamedTuple's set-up costs three times as much), NamedTuples to mypy.
+if TYPE_CHECKING:
 
+    class Source(NamedTuple):
+        """A template's inputs: the spec as the key has it (:func:`spec_doc`) and how to
+        look its images up in the store again on every use (:func:`lookups`)."""
 
-class Source(NamedTuple):
-    """A template's inputs: the spec as the key has it (:func:`spec_doc`) and how to look
-    its images up in the store again on every use (:func:`lookups`)."""
+        spec: dict[str, Any]
+        lookups: list[list[Any]]
 
-    spec: dict[str, Any]
-    lookups: list[list[Any]]
+    class Prepared(NamedTuple):
+        """A prepared pod: its UUID and its apps' names; ``source``, when the pod came
+        from a template or was kept as one, is what :func:`prepare_again` needs to clone
+        it again."""
 
+        uuid: str
+        apps: list[str]
+        source: Source | None = None
 
-class Prepared(NamedTuple):
-    """A prepared pod: its UUID and its apps' names; ``source``, when the pod came from a
-    template or was kept as one, is what :func:`prepare_again` needs to clone it again."""
+    class _Key(NamedTuple):
+        #: The template's directory: a checksum of ``text``, which template.json keeps,
+        #: so a collision is a miss. (Not hashlib: OpenSSL's import alone costs 5 ms per
+        #: run.)
+        name: str
+        text: str
 
-    uuid: str
-    apps: list[str]
-    source: Source | None = None
+else:
+    Source = collections.namedtuple("Source", "spec lookups")
+    Prepared = collections.namedtuple("Prepared", "uuid apps source", defaults=(None,))
+    _Key = collections.namedtuple("_Key", "name text")
 
 
 def enabled() -> bool:
@@ -213,19 +227,15 @@ def _host_files(spec: dict[str, Any]) -> dict[str, str | None]:
     return out
 
 
-def _origin(module: str) -> str | None:
-    # Where a module would be imported from, without importing it.
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    return spec.origin if spec is not None else None
-
-
-class _Key(NamedTuple):
-    #: The template's directory: a checksum of ``text``, which template.json keeps, so a
-    #: collision is a miss. (Not hashlib: OpenSSL's import alone costs 5 ms per run.)
-    name: str
-    text: str
+def _origin(package: str) -> str | None:
+    """Where a package would be imported from, without importing it: the first entry of
+    sys.path that has it, as the path finder takes it (not importlib.util.find_spec,
+    whose import costs every run 0.6 ms)."""
+    for entry in sys.path:
+        init = os.path.join(entry or os.getcwd(), package, "__init__.py")
+        if os.path.isfile(init):
+            return init
+    return None
 
 
 def spec_doc(spec: PodSpec) -> dict[str, Any]:

@@ -9,14 +9,21 @@ from __future__ import annotations
 import binascii
 import contextlib
 import os
-import re
 from pathlib import Path
 
 from podmgr.errors import InvalidError
 
-#: :func:`new_token` output, or any URL-safe token of at least 128 bits (22 characters).
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
 _URLSAFE = str.maketrans("+/", "-_")
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is :func:`new_token` output, or any URL-safe token of at least
+    128 bits: 22 to 128 of ``[A-Za-z0-9_-]``. (Not a regular expression: compiling one
+    costs every ``podmgr run`` 0.7 ms.)"""
+    if not (22 <= len(text) <= 128 and text.isascii()):
+        return False
+    rest = text.replace("-", "").replace("_", "")
+    return not rest or rest.isalnum()
 
 
 def new_token() -> str:
@@ -37,7 +44,7 @@ def tokens_dir(state: Path) -> Path:
 
 def register(state: Path, uuid: str, token: str) -> None:
     """Index a pod's token (idempotent)."""
-    if not TOKEN_RE.fullmatch(token):
+    if not is_token(token):
         raise InvalidError("metadata token is malformed")
     d = tokens_dir(state)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -50,6 +57,6 @@ def register(state: Path, uuid: str, token: str) -> None:
 
 
 def unregister(state: Path, token: str) -> None:
-    if TOKEN_RE.fullmatch(token):
+    if is_token(token):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tokens_dir(state) / token)

@@ -43,8 +43,30 @@ def test_metadata_tokens_are_urlsafe_base64_of_192_bits() -> None:
     made = {tokens.new_token() for _ in range(200)}
     assert len(made) == 200
     for t in made:
-        assert len(t) == 32 and tokens.TOKEN_RE.fullmatch(t), t
+        assert len(t) == 32 and tokens.is_token(t), t
         assert len(base64.urlsafe_b64decode(t)) == 24
+
+
+def test_a_token_is_what_the_url_safe_pattern_matches() -> None:
+    """tokens.is_token (no regular expression on the start-up path) says what
+    ``[A-Za-z0-9_-]{22,128}`` matches, for random strings of those characters and others."""
+    import random
+    import re
+
+    from podmgr import tokens
+
+    rng = random.Random(5)
+    valid = "abcXYZ0189-_"
+    others = "+/=. \u00e9\n\x00\u0663\uff5a"  # the last two: isalnum() outside ASCII
+    samples = ["-" * 22, "_" * 128, "a" * 21, "a" * 129, "", "a" * 22 + "\n"]
+    for _ in range(3000):
+        text = "".join(rng.choices(valid, k=rng.randrange(0, 140)))
+        if text and rng.random() < 0.5:
+            i = rng.randrange(len(text))
+            text = text[:i] + rng.choice(others) + text[i + 1 :]
+        samples.append(text)
+    for text in samples:
+        assert tokens.is_token(text) == bool(re.fullmatch(r"[A-Za-z0-9_-]{22,128}", text)), text
 
 
 def test_the_token_index_links_a_token_to_its_pod(tmp_path: Path) -> None:

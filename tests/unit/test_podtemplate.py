@@ -102,3 +102,22 @@ def test_host_files_copied_into_the_pod_are_part_of_the_key(
     resolv.write_text("nameserver 192.0.2.2\n")
     assert _k(S, spec, ["sha512-a"]) != key
     assert _k(S, SPEC, ["sha512-a"]) == plain  # not read without the options
+
+
+def test_a_packages_origin_is_where_import_would_take_it_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key names jeepney's location as importlib.util.find_spec would, without it."""
+    import importlib.util
+
+    assert podtemplate._origin("jeepney") == importlib.util.find_spec("jeepney").origin  # type: ignore[union-attr]
+    assert podtemplate._origin("no_such_package_here") is None
+    # The first entry of sys.path that has it wins; "" is the working directory.
+    for d in ("a", "b"):
+        (tmp_path / d / "pkgx").mkdir(parents=True)
+        (tmp_path / d / "pkgx" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path / "b")
+    monkeypatch.setattr("sys.path", ["", str(tmp_path / "a")])
+    assert podtemplate._origin("pkgx") == str(tmp_path / "b" / "pkgx" / "__init__.py")
+    monkeypatch.setattr("sys.path", [str(tmp_path / "a"), ""])
+    assert podtemplate._origin("pkgx") == str(tmp_path / "a" / "pkgx" / "__init__.py")
