@@ -45,8 +45,9 @@ log = logger.get(__name__)
 
 #: plan.json's format; a different one is planned again (see the module doc). 2: the
 #: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root). 3: no
-#: flock(1) ExecCondition= in the exit hooks (names.attached_condition).
-PLAN_VERSION = 3
+#: flock(1) ExecCondition= in the exit hooks (names.attached_condition). 4: the slice is
+#: made with the first unit, as an aux unit (pod.unit_batch).
+PLAN_VERSION = 4
 #: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
 POD_RECORD_VERSION = 1
 

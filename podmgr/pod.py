@@ -471,7 +471,7 @@ def sockets_of(state: Path, uuid: str, app: str, manifest: Any = None) -> list[u
 def unit_batch(state: Path, record: PodRecord, manifest: Any = None) -> launch.Batch:
     """The StartTransientUnit calls that start a pod, in order."""
     p = plan(state, record, isolators_of(state, record.uuid, None, manifest), manifest)
-    batch: launch.Batch = [(units.pod_slice(record.uuid), units.slice_properties(p), [])]
+    batch: launch.Batch = []
     if p.netns_path:
         batch.append((units.net_unit(record.uuid), units.net_unit_properties(p), []))
     services = [units.app_service(record.uuid, a.name) for a in p.apps]
@@ -486,6 +486,10 @@ def unit_batch(state: Path, record: PodRecord, manifest: Any = None) -> launch.B
         if a.sockets:
             aux.append((units.socket_unit(record.uuid, a.name), units.socket_properties(a, p)))
         batch.append((services[i], props, aux))
+    # The slice is made with the first unit in it, not started in a call of its own: the
+    # units in it start it (Slice= implies Requires=), in the first call's transaction.
+    name, props, aux = batch[0]
+    batch[0] = (name, props, [(units.pod_slice(record.uuid), units.slice_properties(p)), *aux])
     return batch
 
 

@@ -39,7 +39,7 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -55,8 +55,8 @@ log = logger.get(__name__)
 
 #: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3. 4: the apps'
 #: confinement as of podmgr.units.kernel_protection and HOST_SYSFS (a template keeps the
-#: unit properties it was made with).
-TEMPLATE_VERSION = 4
+#: unit properties it was made with). 5: plan.json 4.
+TEMPLATE_VERSION = 5
 #: Templates kept per state directory.
 KEEP = 16
 #: Environment variables whose values prepare reads (besides --inherit-env's).
@@ -300,20 +300,36 @@ class _NotCopyable(Exception):
     pass
 
 
-def _copy(src: Path, dst: Path, old: Sequence[bytes], new: Sequence[bytes]) -> None:
-    """Copy a pod directory (mode and owner kept), rewriting its identity in every file."""
+def _copy(
+    src: Path,
+    dst: Path,
+    old: Sequence[bytes],
+    new: Sequence[bytes],
+    *,
+    skip: Collection[str] = (),
+    edit: Mapping[str, Callable[[bytes], bytes]] | None = None,
+) -> None:
+    """Copy a pod directory (mode and owner kept), rewriting its identity in every file;
+    not the top-level files named in ``skip``, and the top-level ones in ``edit`` through
+    their function too (their text once rewritten)."""
     os.mkdir(dst, 0o700)
     for root, dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
+        top = rel == Path(".")
         for name in dirs + files:
+            if top and name in skip:
+                continue
             s, d = Path(root) / name, dst / rel / name
             st = os.lstat(s)
             if stat.S_ISDIR(st.st_mode):
                 os.mkdir(d)
             elif stat.S_ISREG(st.st_mode):
                 fd = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                data = _rewrite(s.read_bytes(), old, new)
+                if top and edit and name in edit:
+                    data = edit[name](data)
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_rewrite(s.read_bytes(), old, new))
+                    f.write(data)
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(_rewrite(os.fsencode(os.readlink(s)), old, new), d)
             else:
@@ -429,13 +445,9 @@ def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | N
             tmp,
             _identity(meta["uuid"], meta["token"]),
             _identity_like(meta["uuid"], meta["token"], uuid, token),
+            skip=("template.json",),
+            edit={"pod.json": _created_now},
         )
-        (tmp / "template.json").unlink()
-        record = json.loads((tmp / "pod.json").read_bytes())
-        record["created"] = launch.timestamp()
-        from podmgr.fsutil import atomic_write
-
-        atomic_write(tmp / "pod.json", json.dumps(record, indent=1))
         pinned = True  # pin() may fail half-way: unpin either way
         store.pin(uuid, meta["ids"], dependencies=False)
         tokens.register(state, uuid, token)
@@ -456,6 +468,13 @@ def _clone(state: Path, store: Store, key: _Key, source: Source) -> Prepared | N
         os.utime(tdir)  # recently used
     log.debug("pod %s prepared from template %s", uuid, key.name)
     return Prepared(uuid, list(meta["apps"]), source)
+
+
+def _created_now(data: bytes) -> bytes:
+    """A pod.json as the template has it, created now."""
+    record = json.loads(data)
+    record["created"] = launch.timestamp()
+    return json.dumps(record, indent=1).encode()
 
 
 def _identity_like(old_uuid: str, old_token: str, uuid: str, token: str) -> list[bytes]:

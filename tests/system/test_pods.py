@@ -95,8 +95,13 @@ def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path)
     # machined knows the pod.
     machines = sh("machinectl", "list", "--no-legend").stdout
     assert f"podmgr-{uuid.replace('-', '')}" in machines
+    # The pod's slice, made with its first unit, was started by it (Slice= requires it).
+    pod_slice = f"podmgr-{uuid.replace('-', '')}.slice"
+    shown = sh("systemctl", "show", "-p", "ActiveState,Transient,RequiredBy", pod_slice).stdout
+    assert {"ActiveState=active", "Transient=yes", f"RequiredBy={unit}"} <= set(shown.split())
     pm("stop", uuid[:8])
     assert sh("systemctl", "is-active", unit).stdout.strip() != "active"
+    assert sh("systemctl", "is-active", pod_slice).stdout.strip() != "active"
     assert pm.json("status", uuid)["state"] == "exited"
     pm("rm", uuid)
     assert uuid not in {p["uuid"] for p in pm.json("list")}
