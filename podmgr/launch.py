@@ -410,10 +410,13 @@ def wait(
         left = {a["unit"]: a for a in apps}
         running = None
         if starting is not None:
-            # The pod is registered with machined once the watch sees its leader's
-            # process (in a signal, or the read that begins the watch): no round trip
-            # for its MainPID right after the start, when systemd is busiest with the
-            # app's start (or end), and none waits for machined.
+            # The pod is registered with machined once its leader's process has run
+            # FOLLOW_AFTER, as the watch sees it (signals, or the read that begins the
+            # watch): no round trip for its MainPID right behind the start, and none
+            # waits for machined. A pod done sooner is not registered: no one could
+            # have seen it in machinectl, and machined's calls to systemd as it
+            # registered, then dropped the pod competed with the pod's start and end
+            # (4 ms a run, A/B).
             def running(unit: str, pid: int) -> None:
                 # Not before the start: podmgr.hook is imported meanwhile (prefetch).
                 from podmgr.hook import leader
@@ -424,7 +427,12 @@ def wait(
 
         # idle: an app whose start (or restart) job is queued has not ended.
         exits = sd.watch(
-            list(left), timeout=timeout, idle=True, jobs=starting is not None, running=running
+            list(left),
+            timeout=timeout,
+            idle=True,
+            jobs=starting is not None,
+            running=running,
+            running_after=FOLLOW_AFTER,
         )
         if starting is not None:
             starting(sd)

@@ -751,12 +751,14 @@ class Systemd:
         idle: bool = False,
         jobs: bool = False,
         running: Callable[[str, int], object] | None = None,
+        running_after: float = 0.0,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(unit, properties)`` as each of the units reaches an ActiveState in
         ``done`` (with ``idle``, also with no job queued: a unit about to start reads as
         inactive), in the order they get there, with their :data:`WATCH_PROPERTIES`.
-        ``running(unit, pid)`` is called, while iterating, once per unit whose MainPID a
-        signal or read has told (not for a unit that ended before either did).
+        ``running(unit, pid)`` is called, while iterating, once per unit that has had a
+        MainPID (told by a signal or read) for ``running_after`` seconds and has not
+        ended meanwhile, with its MainPID then.
 
         PropertiesChanged is matched on every unit here, at once; the properties are
         read when iteration begins. So a caller may watch units, then start them, and
@@ -782,7 +784,9 @@ class Systemd:
             self.conn.filter(MatchRule(type="method_return"), queue=stream),
             self.conn.filter(MatchRule(type="error"), queue=stream),
         ]
-        return self._watch(paths, set(done), deadline, idle, stream, handles, running)
+        return self._watch(
+            paths, set(done), deadline, idle, stream, handles, running, running_after
+        )
 
     def _watch(
         self,
@@ -793,6 +797,7 @@ class Systemd:
         stream: collections.deque[Any],
         handles: Sequence[Any],
         running: Callable[[str, int], object] | None = None,
+        running_after: float = 0.0,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         def ended(p: Mapping[str, Any]) -> bool:
             job = p.get("Job")
@@ -809,13 +814,30 @@ class Systemd:
         # (systemd 252; 2 runs in 60 of a pod that exits at once, before this rule).
         told: dict[str, set[str]] = {u: set() for u in units}
         left = list(units)
+        told_pid: dict[str, float] = {}  # unit -> when ``running`` is due
         pids: set[str] = set()  # units whose MainPID went to ``running``
 
         def tell_pid(unit: str) -> None:
-            pid = props[unit].get("MainPID")
-            if running is not None and pid and unit not in pids:
-                pids.add(unit)
-                running(unit, int(pid))
+            if running is not None and props[unit].get("MainPID") and unit not in pids:
+                told_pid.setdefault(unit, time.monotonic() + running_after)
+                due()
+
+        def due() -> float | None:
+            """Call ``running`` for the units due; when the next one is."""
+            assert running is not None
+            now, soonest = time.monotonic(), None
+            for unit, when in list(told_pid.items()):
+                pid = props[unit].get("MainPID")
+                if unit not in left or ended(props[unit]):
+                    del told_pid[unit]
+                elif when > now:
+                    soonest = when if soonest is None else min(soonest, when)
+                elif pid:
+                    del told_pid[unit]
+                    pids.add(unit)
+                    running(unit, int(pid))
+            return soonest
+
         try:
             if self._deferred:
                 self.call_many([])  # the subscription no call has taken along yet
@@ -827,10 +849,16 @@ class Systemd:
                         yield unit, dict(props[unit])
                     if not left:
                         return
+                until, for_running = deadline, False
+                soonest = due() if told_pid else None
+                if soonest is not None and (until is None or soonest < until):
+                    until, for_running = soonest, True
                 try:
-                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    wait = None if until is None else max(0.0, until - time.monotonic())
                     msg = self.conn.recv_until_filtered(stream, timeout=wait)
                 except TimeoutError as e:
+                    if for_running:
+                        continue  # ``running`` is due
                     raise SystemdError(
                         f"{', '.join(left)} did not reach {sorted(wanted)} in time"
                     ) from e
