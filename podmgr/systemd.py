@@ -772,7 +772,8 @@ class Systemd:
         paths = {unit_path(u): u for u in units}
         # With ``jobs``, the caller is about to start the units over this connection
         # (start_transient_units): their JobRemoved is asked for too, and all of it in
-        # that start's round trip (or once iteration begins, if that comes first).
+        # that start's round trip (or once iteration begins, if that comes first; then
+        # the units are read, as they are without ``jobs``).
         jobs_rule = [self._job_removed_rule()] if jobs else []
         self.subscribe(*[_changed_rule(p) for p in paths], *jobs_rule, defer=jobs)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -785,7 +786,7 @@ class Systemd:
             self.conn.filter(MatchRule(type="error"), queue=stream),
         ]
         return self._watch(
-            paths, set(done), deadline, idle, stream, handles, running, running_after
+            paths, set(done), deadline, idle, stream, handles, running, running_after, jobs
         )
 
     def _watch(
@@ -798,6 +799,7 @@ class Systemd:
         handles: Sequence[Any],
         running: Callable[[str, int], object] | None = None,
         running_after: float = 0.0,
+        fresh: bool = False,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         def ended(p: Mapping[str, Any]) -> bool:
             job = p.get("Job")
@@ -841,7 +843,12 @@ class Systemd:
         try:
             if self._deferred:
                 self.call_many([])  # the subscription no call has taken along yet
-            pending = self._send_gets(units, WATCH_PROPERTIES)
+                fresh = False
+            # Units this connection started after subscribing (``jobs``, the subscription
+            # taken along by the start) are told by their signals from before they
+            # existed, each with every property that changed: a read would only cost
+            # systemd nine Gets per unit just as it starts them.
+            pending = {} if fresh else self._send_gets(units, WATCH_PROPERTIES)
             while left:
                 if not pending:
                     for unit in [u for u in left if ended(props[u])]:
