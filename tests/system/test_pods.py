@@ -231,7 +231,7 @@ for m in /sys /sys/fs/cgroup /sys/kernel/debug /proc/sys /proc/sysrq-trigger /pr
     test -e $m || continue
     if grep -q " $m ro," /proc/self/mountinfo; then echo "ro $m"; else echo "rw $m"; fi
 done
-grep " /sys/" /proc/self/mountinfo | grep -v " - sysfs " | sed "s/^/sub /"
+grep -E "^([^ ]+ ){4}/sys/" /proc/self/mountinfo | grep -v " - sysfs " | sed "s/^/sub /"
 dd if=/proc/kmsg of=/dev/null bs=1 count=0 2>/dev/null && echo "opened /proc/kmsg"
 /bin/busybox dmesg >/dev/null 2>&1; echo "dmesg $?"
 """
