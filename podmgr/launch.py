@@ -411,9 +411,9 @@ def wait(
         running = None
         if starting is not None:
             # The pod is registered with machined once its leader's process has run
-            # FOLLOW_AFTER, as the watch sees it (signals, or the read that begins the
-            # watch): no round trip for its MainPID right behind the start, and none
-            # waits for machined. A pod done sooner is not registered: no one could
+            # FOLLOW_AFTER, as the watch sees it (in the signals of the units it starts):
+            # no round trip for its MainPID right behind the start, and none waits for
+            # machined. A pod done sooner is not registered: no one could
             # have seen it in machinectl, and machined's calls to systemd as it
             # registered, then dropped the pod competed with the pod's start and end
             # (4 ms a run, A/B).
