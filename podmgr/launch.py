@@ -322,10 +322,12 @@ def app_ran(exit: Mapping[str, Any] | None) -> bool:
 
 
 def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> None:
+    from podmgr.hook import leader
     from podmgr.systemd import SERVICE_IFACE, BusError, unit_path
 
-    lead = _lead(uuid, apps)
+    lead = leader(apps)
     if lead is None:
+        log.info("pod %s: every app restarts; not registered with machined", uuid)
         return
     try:
         pid = int(sd.get_property(unit_path(lead["unit"]), SERVICE_IFACE, "MainPID") or 0)
@@ -333,16 +335,6 @@ def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> 
         log.info("pod %s not registered with machined: %s", uuid, e)
         return
     _register_leader(sd, uuid, lead, pid, wait=True)
-
-
-def _lead(uuid: str, apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The app whose process machined takes for the pod's leader."""
-    from podmgr.hook import leader
-
-    lead = leader(apps)
-    if lead is None:
-        log.info("pod %s: every app restarts; not registered with machined", uuid)
-    return lead
 
 
 def _register_leader(sd: Any, uuid: str, lead: Mapping[str, Any], pid: int, *, wait: bool) -> None:

@@ -148,7 +148,7 @@ def load(directory: Path) -> PodRecord:
 
 def app_exit(directory: Path, app: str) -> AppExit | None:
     with contextlib.suppress(FileNotFoundError, ValueError, ValidationError):
-        return AppExit.model_validate_json((names.exit_record(directory, app)).read_bytes())
+        return AppExit.model_validate_json(names.exit_record(directory, app).read_bytes())
     return None
 
 

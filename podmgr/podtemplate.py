@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logger.get(__name__)
 
 #: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3. 4: the apps'
-#: confinement as of podmgr.units.kernel_protection and HOST_SYSFS (a template keeps the
+#: confinement as of podmgr.units.seccomp_properties and HOST_SYSFS (a template keeps the
 #: unit properties it was made with). 5: plan.json 4.
 TEMPLATE_VERSION = 5
 #: Templates kept per state directory.

@@ -761,8 +761,10 @@ class Systemd:
         ended meanwhile, with its MainPID then.
 
         PropertiesChanged is matched on every unit here, at once; the properties are
-        read when iteration begins. So a caller may watch units, then start them, and
-        miss nothing: not even the exit of a unit that ends and is collected
+        read when iteration begins (not those of units started over this connection with
+        ``jobs``, whose signals tell all from before they existed). So a caller may watch
+        units, then start them, and miss nothing: not even the exit of a unit that ends
+        and is collected
         (CollectMode=inactive-or-failed) before iteration begins, as its signals said
         it (systemd sends a service's interface, its exit, before the Unit's, its
         state, each with every property that changed). The units may be started over
@@ -816,27 +818,29 @@ class Systemd:
         # (systemd 252; 2 runs in 60 of a pod that exits at once, before this rule).
         told: dict[str, set[str]] = {u: set() for u in units}
         left = list(units)
-        told_pid: dict[str, float] = {}  # unit -> when ``running`` is due
-        pids: set[str] = set()  # units whose MainPID went to ``running``
+        # When ``running`` is due per unit with a MainPID; None once it has been called
+        # (or the unit ended first).
+        due_at: dict[str, float | None] = {}
 
         def tell_pid(unit: str) -> None:
-            if running is not None and props[unit].get("MainPID") and unit not in pids:
-                told_pid.setdefault(unit, time.monotonic() + running_after)
+            if running is not None and props[unit].get("MainPID") and unit not in due_at:
+                due_at[unit] = time.monotonic() + running_after
                 due()
 
         def due() -> float | None:
             """Call ``running`` for the units due; when the next one is."""
             assert running is not None
             now, soonest = time.monotonic(), None
-            for unit, when in list(told_pid.items()):
+            for unit, when in due_at.items():
+                if when is None:
+                    continue
                 pid = props[unit].get("MainPID")
                 if unit not in left or ended(props[unit]):
-                    del told_pid[unit]
+                    due_at[unit] = None
                 elif when > now:
                     soonest = when if soonest is None else min(soonest, when)
                 elif pid:
-                    del told_pid[unit]
-                    pids.add(unit)
+                    due_at[unit] = None
                     running(unit, int(pid))
             return soonest
 
@@ -857,7 +861,7 @@ class Systemd:
                     if not left:
                         return
                 until, for_running = deadline, False
-                soonest = due() if told_pid else None
+                soonest = due() if due_at else None
                 if soonest is not None and (until is None or soonest < until):
                     until, for_running = soonest, True
                 try:

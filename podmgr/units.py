@@ -284,7 +284,23 @@ def caps_mask(names: Sequence[str] | set[str]) -> int:
     return mask
 
 
-def seccomp_properties(isolators: Sequence[Any]) -> dict[str, Any]:
+def seccomp_properties(isolators: Sequence[Any], bounding: int) -> dict[str, Any]:
+    """The app's system call filter, by ace.md's seccomp isolators, for an app whose
+    capability bounding set is ``bounding``.
+
+    The kernel's log and modules are kept from the app through its capabilities and this
+    one filter, not systemd's ProtectKernelLogs= and ProtectKernelModules= (each costs
+    systemd 3 ms of every app's start, mounts in the app's namespace and a filter of its
+    own, and each overrides a retain set that asks for CAP_SYSLOG or CAP_SYS_MODULE):
+
+    - Modules: without CAP_SYS_MODULE the kernel refuses to load or remove one (and the
+      default deny list blocks the calls); with it, the manifest asked for modules.
+    - Kernel log: without CAP_SYSLOG the kernel refuses /proc/kmsg, and a private /dev
+      has no /dev/kmsg, but syslog(2) still reads the log where kernel.dmesg_restrict=0.
+      So syslog is denied (added to a deny list, dropped from an allow list); with no
+      filter at all (``@appc.io/all``) systemd's ProtectKernelLogs= does it.
+    """
+    no_log = set() if bounding & (1 << CAP_NUMBERS["SYSLOG"]) else {"syslog"}
     retain = _find(isolators, iso.SeccompRetainSetIsolator)
     remove = _find(isolators, iso.SeccompRemoveSetIsolator)
     props: dict[str, Any] = {}
@@ -294,42 +310,17 @@ def seccomp_properties(isolators: Sequence[Any]) -> dict[str, Any]:
     if retain is not None:
         names = list(retain.value.set)
         if "@appc.io/all" in names:
-            return {}
-        allowed = sorted({*names, *SECCOMP_ALWAYS_ALLOWED})
+            return {"ProtectKernelLogs": True} if no_log else {}
+        allowed = sorted({*names, *SECCOMP_ALWAYS_ALLOWED} - no_log)
         props["SystemCallFilter"] = (True, allowed)
     elif remove is not None:
         names = list(remove.value.set)
         if "@appc.io/empty" in names:
             names = list(DEFAULT_SECCOMP_REMOVE)
-        props["SystemCallFilter"] = (False, sorted(set(names)))
+        props["SystemCallFilter"] = (False, sorted({*names, *no_log}))
     else:
-        props["SystemCallFilter"] = (False, list(DEFAULT_SECCOMP_REMOVE))
+        props["SystemCallFilter"] = (False, sorted({*DEFAULT_SECCOMP_REMOVE, *no_log}))
     return props
-
-
-def kernel_protection(props: Mapping[str, Any]) -> dict[str, Any]:
-    """What systemd's ProtectKernelLogs= and ProtectKernelModules= would add to ``props``
-    (an app's service), expressed through the capabilities and the one seccomp filter the
-    app has anyway: each of those options costs systemd 3 ms of every app's start (mounts
-    in the app's namespace, a seccomp filter of its own), and each overrides a retain set
-    that asks for CAP_SYSLOG or CAP_SYS_MODULE.
-
-    - Modules: without CAP_SYS_MODULE the kernel refuses to load or remove one (and the
-      default deny list blocks the calls); with it, the manifest asked for modules.
-    - Kernel log: without CAP_SYSLOG the kernel refuses /proc/kmsg, and a private /dev
-      has no /dev/kmsg, but syslog(2) still reads the log where kernel.dmesg_restrict=0.
-      So syslog is denied (added to a deny list, dropped from an allow list); with no
-      filter at all (``@appc.io/all``) systemd's ProtectKernelLogs= does it.
-    """
-    if props["CapabilityBoundingSet"] & (1 << CAP_NUMBERS["SYSLOG"]):
-        return {}
-    scf = props.get("SystemCallFilter")
-    if scf is None:
-        return {"ProtectKernelLogs": True}
-    allow, names = scf
-    if allow:
-        return {"SystemCallFilter": (True, [n for n in names if n != "syslog"])}
-    return {"SystemCallFilter": (False, sorted({*names, "syslog"}))}
 
 
 def errno_number(name: str) -> int:
@@ -529,7 +520,7 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         "MountAPIVFS": True,
         "PrivateDevices": True,
         "PrivateIPC": True,
-        # Not ProtectKernelModules= nor ProtectKernelLogs=: see kernel_protection().
+        # Not ProtectKernelModules= nor ProtectKernelLogs=: see seccomp_properties().
         "ProtectKernelTunables": True,
         "ProtectControlGroups": True,
         "KillMode": "mixed",
@@ -558,8 +549,7 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     nnp = _find(app.isolators, iso.NoNewPrivilegesIsolator)
     # Secure by default: no_new_privs unless the manifest explicitly turns it off.
     props["NoNewPrivileges"] = True if nnp is None else bool(nnp.value)
-    props.update(seccomp_properties(app.isolators))
-    props.update(kernel_protection(props))
+    props.update(seccomp_properties(app.isolators, bounding))
     if app.native_abi and "SystemCallFilter" in props:
         # An amd64 image has no use for the i386 or x32 system call ABIs, each a way
         # around a filter written for the native one; and systemd loads the filters for
