@@ -7,8 +7,7 @@ that ``podmgr run`` parses its options without importing what it may not need.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from podmgr.errors import UsageError
 
@@ -16,8 +15,7 @@ from podmgr.errors import UsageError
 DEFAULT = "default"
 
 
-@dataclass(frozen=True)
-class NetRequest:
+class NetRequest(NamedTuple):
     """``NAME[:K=V;…]`` from ``--net``."""
 
     name: str
@@ -83,8 +81,7 @@ def parse_port(text: str) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Names:
+class Names(NamedTuple):
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     dns_opt: tuple[str, ...] = ()

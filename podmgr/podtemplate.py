@@ -244,6 +244,8 @@ def spec_doc(spec: PodSpec) -> dict[str, Any]:
     import dataclasses
 
     doc = dataclasses.asdict(dataclasses.replace(spec, fetch_options=None))
+    if spec.names is not None:  # a named tuple, which asdict keeps one
+        doc["names"] = spec.names._asdict()
     plain: dict[str, Any] = json.loads(json.dumps(doc, default=str))
     return plain
 

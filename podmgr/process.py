@@ -69,3 +69,42 @@ def run(
             stderr=stderr,
         )
     return proc
+
+
+def run_many(
+    argvs: Sequence[Sequence[str | os.PathLike[str]]],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run the commands at once (independent ones, each one quick), unchecked: their
+    completed processes in order, for the caller to judge. NotFoundError when a program
+    does not exist (the others are waited for)."""
+    procs: list[subprocess.Popen[str]] = []
+    missing: FileNotFoundError | None = None
+    for argv in argvs:
+        args = [os.fspath(a) for a in argv]
+        log.debug("+ %s", shlex.join(args))
+        try:
+            procs.append(
+                subprocess.Popen(
+                    args,
+                    text=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=dict(env) if env is not None else None,
+                )
+            )
+        except FileNotFoundError as e:
+            missing = e
+            break
+    done = []
+    for p in procs:
+        out, err = p.communicate()
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    if missing is not None:
+        raise NotFoundError(
+            f"command not found: {missing.filename}",
+            hint="install the package that provides it",
+        ) from missing
+    return done
