@@ -125,6 +125,26 @@ MS_REC = 16384
 #: (systemd 257). A pod with a network of its own gets systemd's sysfs of its namespace.
 HOST_SYSFS = ("/sys", "/sys", False, 0)
 
+#: With HOST_SYSFS, what ProtectKernelTunables= does beyond it: the writable kernel
+#: interfaces of /proc made read-only (its table in systemd's namespace.c; "-": where the
+#: kernel has it, "+": in the app's root, whose /proc MountAPIVFS= mounted). Root writes
+#: most of them with no capability at all: a sysctl (kernel.core_pattern runs a program
+#: as the host's root), the SysRq trigger, IRQ affinities, PCI configuration space. Not
+#: ProtectKernelTunables= itself: it also remounts /sys and the four filesystems beneath
+#: it on the host, which HOST_SYSFS does not bring (a no-op on /sys, read-only already),
+#: and /proc/timer_list (read-only already), each a mount and remount at every start:
+#: 8 ms of 60 for systemd's start of an app (systemd-run, Debian 13's systemd 257).
+KERNEL_TUNABLES = tuple(
+    f"-+/proc/{p}"
+    for p in (
+        *("acpi", "apm", "asound", "bus", "fs", "irq", "latency_stats", "mtrr", "scsi"),
+        *("sys", "sysrq-trigger"),
+    )
+)
+#: The rest of ProtectKernelTunables=: files it makes inaccessible, which without the
+#: capability show nothing (kallsyms: zero addresses) or refuse to open (kcore).
+KERNEL_SECRETS = {"SYSLOG": "-+/proc/kallsyms", "SYS_RAWIO": "-+/proc/kcore"}
+
 
 class IsolatorState(enum.StrEnum):
     APPLIED = "applied"
@@ -521,8 +541,6 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         "PrivateDevices": True,
         "PrivateIPC": True,
         # Not ProtectKernelModules= nor ProtectKernelLogs=: see seccomp_properties().
-        "ProtectKernelTunables": True,
-        "ProtectControlGroups": True,
         "KillMode": "mixed",
         "TimeoutStopUSec": 10_000_000,
         "Restart": app.restart.value,
@@ -573,14 +591,23 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     rw_binds = [b for b in binds if b not in ro_binds]
     if pod.shm_dir:
         rw_binds.append((pod.shm_dir, "/dev/shm", False, 0))
+    read_only = ["/"] if app.read_only_rootfs else []
     if pod.netns_path is None and not any(b[1] == "/sys" for b in binds):
         ro_binds.append(HOST_SYSFS)
+        read_only += KERNEL_TUNABLES
+        secrets = [p for cap, p in KERNEL_SECRETS.items() if bounding & (1 << CAP_NUMBERS[cap])]
+        if secrets:
+            props["InaccessiblePaths"] = secrets
+    else:
+        # systemd's /sys (or a volume's), with whatever is mounted beneath it.
+        props["ProtectKernelTunables"] = True
+        props["ProtectControlGroups"] = True
     if rw_binds:
         props["BindPaths"] = rw_binds
     if ro_binds:
         props["BindReadOnlyPaths"] = ro_binds
-    if app.read_only_rootfs:
-        props["ReadOnlyPaths"] = ["/"]
+    if read_only:
+        props["ReadOnlyPaths"] = read_only
     if app.notify:
         # appc.io/executor/supports-systemd-notify: the app's start job is done (and
         # the pod ready) once it sends READY=1, not once it has been executed.

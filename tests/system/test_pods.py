@@ -227,9 +227,15 @@ def test_default_capabilities_for_root(pm: Podmgr, images: Path) -> None:
 KERNEL = r"""
 v=$(cat /proc/sys/kernel/printk_ratelimit) && echo "read sysctl"
 echo "$v" > /proc/sys/kernel/printk_ratelimit && echo "wrote sysctl"
-for m in /sys /sys/fs/cgroup /sys/kernel/debug /proc/sys /proc/sysrq-trigger /proc/irq; do
+mnt() {  # the options of the mount that $1 is on
+    awk -v p="$1" '{ m = $5; pre = (m == "/" ? "/" : m "/")
+        if ((p == m || index(p, pre) == 1) && length(m) > best) { best = length(m); o = $6 } }
+        END { print o }' /proc/self/mountinfo
+}
+for m in /sys /sys/fs/cgroup /sys/kernel/debug /proc/sys /proc/sysrq-trigger /proc/irq \
+        /proc/bus /proc/acpi /proc/fs /proc/mtrr /proc/scsi; do
     test -e $m || continue
-    if grep -q " $m ro," /proc/self/mountinfo; then echo "ro $m"; else echo "rw $m"; fi
+    case ",$(mnt $m)," in *,ro,*) echo "ro $m" ;; *) echo "rw $m" ;; esac
 done
 grep -E "^([^ ]+ ){4}/sys/" /proc/self/mountinfo | grep -v " - sysfs " | sed "s/^/sub /"
 dd if=/proc/kmsg of=/dev/null bs=1 count=0 2>/dev/null && echo "opened /proc/kmsg"
@@ -239,8 +245,9 @@ dd if=/proc/kmsg of=/dev/null bs=1 count=0 2>/dev/null && echo "opened /proc/kms
 
 @pytest.mark.parametrize("net", ["default", "host"])
 def test_kernel_tunables_and_log_out_of_roots_reach(pm: Podmgr, images: Path, net: str) -> None:
-    """Root in an app reads sysctls but writes none, nor anything under /sys
-    (ProtectKernelTunables=). Not /proc/sys/net: the box's own mount (tests/box.py), which
+    """Root in an app reads sysctls but writes none, nor anything under /sys, nor the
+    kernel's other interfaces in /proc (ProtectKernelTunables=, or its /proc part on the
+    host's network). Not /proc/sys/net: the box's own mount (tests/box.py), which
     systemd 252 leaves alone.
     On the host's network /sys is the host's sysfs alone, without the filesystems mounted
     beneath it on the host. The kernel log is out of reach without CAP_SYSLOG: /proc/kmsg

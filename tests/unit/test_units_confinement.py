@@ -21,6 +21,7 @@ def props(
     isolators: tuple[Any, ...] = (),
     netns: str | None = None,
     binds: tuple[units.Bind, ...] = (),
+    read_only_rootfs: bool = False,
 ) -> dict[str, Any]:
     app = units.AppPlan(
         name="web",
@@ -31,6 +32,7 @@ def props(
         native_abi=native_abi,
         isolators=isolators,
         binds=binds,
+        read_only_rootfs=read_only_rootfs,
     )
     pod = units.PodPlan(uuid=UUID, apps=(app,), netns_path=netns)
     return units.app_properties(app, pod)
@@ -106,10 +108,24 @@ def test_a_manifest_that_retains_cap_syslog_or_sys_module_gets_them() -> None:
 def test_the_host_network_gets_the_hosts_sysfs_alone_read_only() -> None:
     p = props()
     assert ("/sys", "/sys", False, 0) in p["BindReadOnlyPaths"]  # no MS_REC
-    assert p["ProtectKernelTunables"] is True and p["ProtectControlGroups"] is True
-    # A pod network: systemd's sysfs of that namespace, not the host's.
+    # ProtectKernelTunables='s /proc part, in the app's root, where the kernel has it.
+    assert "ProtectKernelTunables" not in p and "ProtectControlGroups" not in p
+    ro = p["ReadOnlyPaths"]
+    assert {"-+/proc/sys", "-+/proc/sysrq-trigger", "-+/proc/irq", "-+/proc/bus"} <= set(ro)
+    assert all(x.startswith("-+/proc/") for x in ro)
+    # Without CAP_SYSLOG or CAP_SYS_RAWIO nothing is kept from kallsyms and kcore.
+    assert "InaccessiblePaths" not in p
+    loose = props(isolators=(caps(["CAP_SYSLOG", "CAP_SYS_RAWIO"]),))
+    assert loose["InaccessiblePaths"] == ["-+/proc/kallsyms", "-+/proc/kcore"]
+    # A read-only root keeps them.
+    p = props(read_only_rootfs=True)
+    assert p["ReadOnlyPaths"][0] == "/" and "-+/proc/sys" in p["ReadOnlyPaths"]
+    # A pod network: systemd's sysfs of that namespace, not the host's, with all that
+    # is beneath it read-only.
     own = props(netns="/run/netns/podmgr-x")
-    assert "BindReadOnlyPaths" not in own
+    assert "BindReadOnlyPaths" not in own and "ReadOnlyPaths" not in own
+    assert own["ProtectKernelTunables"] is True and own["ProtectControlGroups"] is True
     # A volume of the manifest's at /sys wins.
     vol = props(binds=(units.Bind(source="/srv/sys", target="/sys", read_only=True),))
     assert vol["BindReadOnlyPaths"] == [("/srv/sys", "/sys", False, units.MS_REC)]
+    assert vol["ProtectKernelTunables"] is True
