@@ -152,10 +152,16 @@ HOST_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
 def ensure_host_rules() -> None:
     """Add whichever of :data:`HOST_RULES` the host lacks (a firewall reload drops them):
     the checks run at once, the additions (the first pod's) one by one."""
-    checks = run_many(
-        [["iptables", "-w", "-t", t, "-C", chain, *rule] for t, chain, rule in HOST_RULES],
-        env={"PATH": PLUGIN_PATH},
-    )
+    try:
+        checks = run_many(
+            [["iptables", "-w", "-t", t, "-C", chain, *rule] for t, chain, rule in HOST_RULES],
+            env={"PATH": PLUGIN_PATH},
+        )
+    except NotFoundError as e:
+        raise NotFoundError(
+            "the default network needs iptables (its masquerade and forwarding rules)",
+            hint="install iptables, or run the pod with --net=host or --net=none",
+        ) from e
     for (table, chain, rule), p in zip(HOST_RULES, checks, strict=True):
         if p.returncode != 0:
             # FORWARD's go first, where a DROP rule of the host's cannot precede them.

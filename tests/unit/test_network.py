@@ -161,3 +161,19 @@ def test_the_net_units_stop_guard_runs_the_teardown_only_while_the_netns_exists(
     ns.touch()
     subprocess.run(argv, check=True)
     assert (tmp_path / "ran").exists()
+
+
+def test_the_default_network_masquerades_for_the_bridge_not_per_pod() -> None:
+    plain = network.default_conflist(ports=False)
+    assert [p["type"] for p in plain["plugins"]] == ["bridge"]
+    assert plain["plugins"][0]["ipMasq"] is False
+    mapped = network.default_conflist(ports=True)
+    assert [p["type"] for p in mapped["plugins"]] == ["bridge", "portmap"]
+    # The host's rules stand for the bridge: masquerade out of it, forward both ways.
+    rules = {(t, c, " ".join(r)) for t, c, r in network.HOST_RULES}
+    assert (
+        "nat",
+        "POSTROUTING",
+        "-s 172.31.0.0/16 ! -o podmgr0 -j MASQUERADE -m comment --comment podmgr default network",
+    ) in rules
+    assert {c for _, c, _ in rules} == {"POSTROUTING", "FORWARD"}
