@@ -160,6 +160,7 @@ def app_ended(
     if pod["ActiveState"] in ("deactivating", "inactive") or pod["Job"][0]:
         # A slice's only job once its apps run is its stop: the pod is ending.
         _unmount_roots(apps)
+        _teardown_network(pdir, record)
         return
     if socket_activated(pdir, app):
         with contextlib.suppress(SystemdError):
@@ -169,12 +170,31 @@ def app_ended(
         # Once the stop job is queued no app starts again, so the roots can go.
         sd.stop_unit(slice_unit, wait=False)
         _unmount_roots(apps)
+        _teardown_network(pdir, record)
 
 
 def _unmount_roots(apps: Sequence[Mapping[str, Any]]) -> None:
     from podmgr.rootfs import unmount_roots
 
     unmount_roots([a["rootfs"] for a in apps])
+
+
+def _teardown_network(pdir: Path, record: Mapping[str, Any]) -> None:
+    """The pod's network, as the pod ends: a pod that ``podmgr run`` started has no net
+    unit to do it (launch._without_net_unit), and ``run`` may be gone; for another the
+    net unit's ``ExecStop=`` then finds nothing left. Not with socket units, which hold
+    the netns until the slice has stopped them: the net unit's stop comes after."""
+    if record.get("net", "host") == "host":
+        return
+    if any(socket_activated(pdir, a["name"]) for a in record["apps"]):
+        return
+    from podmgr import network
+    from podmgr.errors import PodmgrError
+
+    try:
+        network.teardown(pdir, record["uuid"])
+    except PodmgrError as e:
+        print(f"podmgr exit hook: pod {record['uuid']}: {e.message}", file=sys.stderr)
 
 
 def stops_pod(

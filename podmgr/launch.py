@@ -200,6 +200,7 @@ def start(
         batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
     if attached is not None:
         batch = _attached_hooks(batch, pdir, apps, attached)
+        batch = _without_net_unit(batch, uuid)
     userdb.ensure(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
@@ -266,6 +267,32 @@ def _attached_hooks(
         return {**props, "Conditions": cond}
 
     return [(n, p, [(an, held(an, ap)) for an, ap in aux]) for n, p, aux in batch]
+
+
+def _without_net_unit(batch: Batch, uuid: str) -> Batch:
+    """``batch`` without the pod's net unit, for ``run``, which tears the network down
+    itself once the apps have ended, as the exit hooks do should run die: the unit's
+    ``ExecStop=`` would be one more process for systemd to start (20 ms) as the pod ends,
+    and to find nothing to do. Not with socket units, which hold the netns until the
+    slice stops them: the net unit's stop comes after theirs."""
+    net = names.net_unit(uuid)
+    if not any(n == net for n, _, _ in batch) or any(
+        an.endswith(".socket") for _, _, aux in batch for an, _ in aux
+    ):
+        return batch
+
+    def unbound(props: dict[str, Any]) -> dict[str, Any]:
+        out = dict(props)
+        for key in ("BindsTo", "After"):
+            if key in out:
+                left = [u for u in out[key] if u != net]
+                if left:
+                    out[key] = left
+                else:
+                    del out[key]
+        return out
+
+    return [(n, unbound(p), x) for n, p, x in batch if n != net]
 
 
 def _start_units(
@@ -447,25 +474,38 @@ def wait(
             tail = threading.Thread(target=meanwhile, name="meanwhile")
             tail.start()
         # No app is left, so the pod is done, whatever its exit policy: stop its slice
-        # (its mounts and network go with it), as the last exit hook would. The network
-        # goes first, here: the net unit's ExecStop= then finds nothing to do and
-        # starts no Python of its own (units.NET_STOP_GUARD). Not with socket units,
-        # which hold the netns until the slice stops them.
-        if record.get("net", "host") != "host" and not _has_sockets(pdir):
+        # (its mounts and network go with it), as the last exit hook would. Not the
+        # network of a pod with socket units, which hold the netns until the slice stops
+        # them: its net unit's ExecStop= does it.
+        net = record.get("net", "host") != "host" and not _has_sockets(pdir)
+
+        def teardown() -> None:
             from podmgr import network
 
             try:
                 network.teardown(pdir, uuid)
             except PodmgrError as e:
-                log.info("pod %s: %s; the net unit retries", uuid, e.message)
+                log.info("pod %s: %s; rm or gc retries", uuid, e.message)
+
+        if net and not attached:
+            # First: the net unit's ExecStop= then finds nothing to do and starts no
+            # Python of its own (units.NET_STOP_GUARD).
+            teardown()
         from podmgr.rootfs import unmount_roots
 
         roots = [a["rootfs"] for a in apps]
-        try:
-            # The roots go while systemd stops the slice: every app has ended.
-            sd.stop_unit(slice_unit, meanwhile=lambda: unmount_roots(roots))
-        except systemd.NoSuchUnitError:
+
+        def beside() -> None:
+            # While systemd stops the slice: every app has ended, and attached, the pod
+            # has no net unit (_without_net_unit).
+            if net and attached:
+                teardown()
             unmount_roots(roots)
+
+        try:
+            sd.stop_unit(slice_unit, meanwhile=beside)
+        except systemd.NoSuchUnitError:
+            beside()
         # Exit hooks started when their apps ended; once they are done nothing of the
         # pod's is left running. Attached, each is skipped (_attached_hooks), now or once
         # this has returned, if its app's end is recorded.

@@ -51,6 +51,11 @@ def exit_hook_unit(uuid: str, app: str, *, failed: bool = False) -> str:
     return f"{UNIT_PREFIX}{kind}-{pod_hex(uuid)}-{app}.service"
 
 
+def net_unit(uuid: str) -> str:
+    # "net" cannot start a pod's hex UUID either.
+    return f"{UNIT_PREFIX}net-{pod_hex(uuid)}.service"
+
+
 def attach_lock(uuid: str) -> str:
     """The file in a pod's directory that ``podmgr run`` holds flock(2)ed while attached,
     and the name the exit hooks' condition looks for through run's descriptor of that

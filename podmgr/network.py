@@ -22,8 +22,9 @@ The result of every ``ADD`` is cached with the exact configuration used, in
 ``--dir/pods/<uuid>/net/<network>.json``: ``DEL`` (in reverse order) uses the cache,
 never the current configuration files. Teardown is idempotent and serialised by a lock,
 because it runs from more than one place: ``podmgr run`` once the apps are gone, the
-pod's ``podmgr-net-<hex>.service`` (whose ``ExecStop=`` runs whenever the pod's slice
-stops, for whatever reason), a failed start, and ``rm``/``gc``.
+exit hook that ends the pod (or sees it ending), the ``podmgr-net-<hex>.service`` of a
+pod that ``podmgr start`` started (whose ``ExecStop=`` runs whenever the pod's slice
+stops, for whatever reason; ``run``'s pods have none), a failed start, and ``rm``/``gc``.
 
 What persists by design, as for any CNI runtime: the bridge ``podmgr0``, the default
 network's :data:`HOST_RULES` and the plugins' shared top-level chains (``CNI-HOSTPORT-*``),

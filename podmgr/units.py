@@ -31,6 +31,7 @@ from podmgr.names import UNIT_PREFIX as UNIT_PREFIX
 from podmgr.names import app_service as app_service
 from podmgr.names import exit_hook_unit as exit_hook_unit
 from podmgr.names import machine_name as machine_name
+from podmgr.names import net_unit as net_unit
 from podmgr.names import pod_hex as pod_hex
 from podmgr.names import pod_slice as pod_slice
 from podmgr.options import Bind as Bind
@@ -412,11 +413,6 @@ def exit_hook_properties(pod: PodPlan, app: str) -> dict[str, Any]:
         "Environment": list(pod.exit_hook_env),
     }
     return props
-
-
-def net_unit(uuid: str) -> str:
-    # "net" cannot start a pod's hex UUID either.
-    return f"{UNIT_PREFIX}net-{pod_hex(uuid)}.service"
 
 
 #: The net unit's ExecStop=: ``sh -c GUARD sh NETNS_PATH CMD…`` runs CMD only if the

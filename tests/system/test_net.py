@@ -323,6 +323,9 @@ def test_stop_gc_and_exit_leave_nothing(
     # podmgr stop
     uuid = pm("start", INSECURE, "--port", "http:18083", web).stdout.strip()
     assert net_state() != baseline
+    # A started pod's network is held by its net unit (run's pod has none: test_pods).
+    net_unit = f"podmgr-net-{uuid.replace('-', '')}.service"
+    assert sh("systemctl", "is-active", net_unit).stdout.strip() == "active"
     pm("stop", uuid)
     assert settled(baseline) == baseline
     # the pod ends by itself (the exit hook stops the slice), then gc

@@ -402,10 +402,56 @@ def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
         lambda: uuid not in sh("ps", "-eo", "args").stdout,
         "no process of the pod's left",
     )
-    # And the hook that ended the pod unmounted both apps' roots.
+    # And the hook that ended the pod unmounted both apps' roots, and took its network
+    # down: run's pods have no net unit (run does it), so that is the hook's work too.
     until(
         lambda: [m for m in host_state()["mounts"] if uuid in m] == [],
         "the pod's roots unmounted by the exit hooks",
+    )
+    until(lambda: not network_left(uuid), "the pod's network down by the exit hooks")
+
+
+def network_left(uuid: str) -> list[str]:
+    """What is left of a pod's network: its netns, its net unit, its address lease."""
+    hexid = uuid.replace("-", "")
+    left = [f"netns {p}" for p in Path("/run/netns").glob(f"*{hexid}*")]
+    units = sh("systemctl", "list-units", "--all", "--no-legend", "--plain", f"podmgr-net-{hexid}*")
+    left += [f"unit {line}" for line in units.stdout.splitlines() if line.strip()]
+    leases = Path("/run/podmgr/ipam")
+    left += [f"lease {p}" for p in leases.rglob("*") if p.is_file() and uuid in p.read_text()]
+    return left
+
+
+def test_a_pod_stopped_after_its_run_was_killed_loses_its_network(
+    pm: Podmgr, images: Path, tmp_path: Path
+) -> None:
+    """run's pod has no net unit: should run die, stopping the pod (the slice, as an
+    operator would) has the exit hooks take its network down."""
+    sleeper = img(images, "sleeper4", ["/bin/sleep", "600"])
+    saved = tmp_path / "uuid"
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
+    run = subprocess.Popen(
+        [*argv, "--uuid-file-save", str(saved), sleeper],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        until(lambda: saved.exists() and saved.read_text().strip() != "", "the pod's UUID")
+        uuid = saved.read_text().strip()
+        unit = unit_of(uuid, "sleeper4")
+        until(lambda: sh("systemctl", "is-active", unit).returncode == 0, "the app up")
+        left = network_left(uuid)
+        assert any(x.startswith("netns ") for x in left), left
+        assert not any(x.startswith("unit ") for x in left), left
+    finally:
+        run.kill()
+        run.wait()
+    slice_unit = f"podmgr-{uuid.replace('-', '')}.slice"
+    assert sh("systemctl", "stop", slice_unit).returncode == 0
+    until(lambda: not network_left(uuid), "the pod's network down by the exit hook")
+    until(
+        lambda: [m for m in host_state()["mounts"] if uuid in m] == [],
+        "the pod's root unmounted by the exit hook",
     )
 
 
