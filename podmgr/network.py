@@ -93,6 +93,11 @@ def netns_path(uuid: str) -> str:
     return str(NETNS_DIR / netns_name(uuid))
 
 
+def sysfs_path(uuid: str) -> str:
+    """The sysfs of the pod's netns, which its apps get as /sys (podmgr.netns)."""
+    return netns.sysfs_of(netns_name(uuid))
+
+
 def config_dir() -> Path:
     return Path(os.environ.get("PODMGR_NET_DIR") or CONFIG_DIR)
 

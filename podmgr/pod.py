@@ -420,6 +420,7 @@ def plan(
         shm_dir=str(pdir / "shm"),
         metadata_url=metadata.metadata_url(record),
         netns_path=None if record.net is NetMode.HOST else network_netns(record.uuid),
+        sysfs_path=None if record.net is NetMode.HOST else network_sysfs(record.uuid),
         net_hook=net_hook(state, record.uuid, hook_argv),
     )
 
@@ -428,6 +429,12 @@ def network_netns(uuid: str) -> str:
     from podmgr import network
 
     return network.netns_path(uuid)
+
+
+def network_sysfs(uuid: str) -> str:
+    from podmgr import network
+
+    return network.sysfs_path(uuid)
 
 
 def net_hook(state: Path, uuid: str, exit_argv: Sequence[str]) -> tuple[str, ...]:

@@ -123,16 +123,18 @@ MS_REC = 16384
 #: and whole cgroup tree mounted beneath it, which systemd's own /sys (MountAPIVFS=)
 #: brings along. And each of those submounts is one more read-only remount for
 #: ProtectKernelTunables= at every app's start: 6 ms on a host with hybrid cgroups
-#: (systemd 257). A pod with a network of its own gets systemd's sysfs of its namespace.
+#: (systemd 257). A pod with a network of its own gets a sysfs of its namespace alone in
+#: the same way (PodPlan.sysfs_path, podmgr.netns): 15 ms of 70 for systemd's start of
+#: an app, against systemd's sysfs of the namespace with the host's submounts.
 HOST_SYSFS = ("/sys", "/sys", False, 0)
 
-#: With HOST_SYSFS, what ProtectKernelTunables= does beyond it: the writable kernel
+#: With such a /sys, what ProtectKernelTunables= does beyond it: the writable kernel
 #: interfaces of /proc made read-only (its table in systemd's namespace.c; "-": where the
 #: kernel has it, "+": in the app's root, whose /proc MountAPIVFS= mounted). Root writes
 #: most of them with no capability at all: a sysctl (kernel.core_pattern runs a program
 #: as the host's root), the SysRq trigger, IRQ affinities, PCI configuration space. Not
 #: ProtectKernelTunables= itself: it also remounts /sys and the four filesystems beneath
-#: it on the host, which HOST_SYSFS does not bring (a no-op on /sys, read-only already),
+#: it on the host, which this /sys does not bring (a no-op on /sys, read-only already),
 #: and /proc/timer_list (read-only already), each a mount and remount at every start:
 #: 8 ms of 60 for systemd's start of an app (systemd-run, Debian 13's systemd 257).
 KERNEL_TUNABLES = tuple(
@@ -237,6 +239,9 @@ class PodPlan:
     metadata_url: str | None = None
     #: The pod's network namespace (podmgr.network), joined by every app; None: the host's.
     netns_path: str | None = None
+    #: A sysfs of that namespace, read-only (podmgr.netns), the apps' /sys; None:
+    #: systemd's (with what the host has mounted beneath its /sys).
+    sysfs_path: str | None = None
     #: The command whose ExecStop= tears the pod's network down (podmgr.network).
     net_hook: tuple[str, ...] = ()
 
@@ -588,8 +593,11 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     if pod.shm_dir:
         rw_binds.append((pod.shm_dir, "/dev/shm", False, 0))
     read_only = ["/"] if app.read_only_rootfs else []
-    if pod.netns_path is None and not any(b[1] == "/sys" for b in binds):
-        ro_binds.append(HOST_SYSFS)
+    sysfs = HOST_SYSFS if pod.netns_path is None else None
+    if pod.netns_path is not None and pod.sysfs_path is not None:
+        sysfs = (pod.sysfs_path, "/sys", False, 0)
+    if sysfs is not None and not any(b[1] == "/sys" for b in binds):
+        ro_binds.append(sysfs)
         read_only += KERNEL_TUNABLES
         secrets = [p for cap, p in KERNEL_SECRETS.items() if bounding & (1 << CAP_NUMBERS[cap])]
         if secrets:

@@ -87,6 +87,7 @@ _COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
 def net_state() -> dict[str, list[str]]:
     """What a pod's network could leave behind: links, netns files, IPAM leases, rules."""
     links = sh("ip", "-o", "link", "show").stdout
+    mounts = [ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines()]
     leases = sorted(
         str(p.relative_to(IPAM))
         for p in IPAM.rglob("*")
@@ -106,6 +107,11 @@ def net_state() -> dict[str, list[str]]:
         "iptables": rules,
         "nft": nft,
         "ports": sorted(p.name for p in Path("/run/podmgr/ports").glob("*")),
+        # The netns's own sysfs (podmgr.netns): its mount, and its mount point.
+        "sysfs": sorted(
+            [m for m in mounts if m.startswith("/run/podmgr/sysfs/")]
+            + [str(p) for p in Path("/run/podmgr/sysfs").glob("*")]
+        ),
     }
 
 

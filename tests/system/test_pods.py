@@ -238,6 +238,7 @@ for m in /sys /sys/fs/cgroup /sys/kernel/debug /proc/sys /proc/sysrq-trigger /pr
     case ",$(mnt $m)," in *,ro,*) echo "ro $m" ;; *) echo "rw $m" ;; esac
 done
 grep -E "^([^ ]+ ){4}/sys/" /proc/self/mountinfo | grep -v " - sysfs " | sed "s/^/sub /"
+ls /sys/class/net | sed "s/^/link /"
 dd if=/proc/kmsg of=/dev/null bs=1 count=0 2>/dev/null && echo "opened /proc/kmsg"
 /bin/busybox dmesg >/dev/null 2>&1; echo "dmesg $?"
 """
@@ -249,19 +250,23 @@ def test_kernel_tunables_and_log_out_of_roots_reach(pm: Podmgr, images: Path, ne
     kernel's other interfaces in /proc (ProtectKernelTunables=, or its /proc part on the
     host's network). Not /proc/sys/net: the box's own mount (tests/box.py), which
     systemd 252 leaves alone.
-    On the host's network /sys is the host's sysfs alone, without the filesystems mounted
-    beneath it on the host. The kernel log is out of reach without CAP_SYSLOG: /proc/kmsg
-    refused by the kernel, syslog(2) by the seccomp filter (SIGSYS: 128 + 31)."""
+    /sys is a sysfs alone, without the filesystems mounted beneath it on the host: the
+    host's on the host's network, the pod's netns's own on the pod's. The kernel log is
+    out of reach without CAP_SYSLOG: /proc/kmsg refused by the kernel, syslog(2) by the
+    seccomp filter (SIGSYS: 128 + 31)."""
     aci = img(images, "kernel", ["/bin/sh", "-c", KERNEL])
     out = pm("run", INSECURE, f"--net={net}", aci).stdout
     lines = out.splitlines()
     assert "read sysctl" in lines and "wrote sysctl" not in lines, out
     assert {"ro /sys", "ro /sys/fs/cgroup", "ro /proc/sys"} <= set(lines), out
     assert [line for line in lines if line.startswith("rw ")] == [], out
+    # A sysfs alone, none of the host's filesystems beneath it; the pod's network's own.
+    assert [line for line in lines if line.startswith("sub ")] == [], out
+    links = {line.removeprefix("link ") for line in lines if line.startswith("link ")}
     if net == "host":
-        assert [line for line in lines if line.startswith("sub ")] == [], out
-    else:  # systemd's sysfs of the pod's namespace brings the host's submounts, read-only
-        assert any(" - cgroup" in line for line in lines if line.startswith("sub ")), out
+        assert "podmgr0" in links, out
+    else:
+        assert links == {"lo", "eth0"}, out
     assert "opened /proc/kmsg" not in lines and "dmesg 159" in lines, out
 
 

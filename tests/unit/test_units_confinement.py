@@ -20,6 +20,7 @@ def props(
     native_abi: bool = True,
     isolators: tuple[Any, ...] = (),
     netns: str | None = None,
+    sysfs: str | None = None,
     binds: tuple[units.Bind, ...] = (),
     read_only_rootfs: bool = False,
 ) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def props(
         binds=binds,
         read_only_rootfs=read_only_rootfs,
     )
-    pod = units.PodPlan(uuid=UUID, apps=(app,), netns_path=netns)
+    pod = units.PodPlan(uuid=UUID, apps=(app,), netns_path=netns, sysfs_path=sysfs)
     return units.app_properties(app, pod)
 
 
@@ -120,8 +121,13 @@ def test_the_host_network_gets_the_hosts_sysfs_alone_read_only() -> None:
     # A read-only root keeps them.
     p = props(read_only_rootfs=True)
     assert p["ReadOnlyPaths"][0] == "/" and "-+/proc/sys" in p["ReadOnlyPaths"]
-    # A pod network: systemd's sysfs of that namespace, not the host's, with all that
-    # is beneath it read-only.
+    # A pod network: the sysfs of that namespace alone, read-only, likewise.
+    own = props(netns="/run/netns/podmgr-x", sysfs="/run/podmgr/sysfs/podmgr-x")
+    assert own["BindReadOnlyPaths"] == [("/run/podmgr/sysfs/podmgr-x", "/sys", False, 0)]
+    assert own["ReadOnlyPaths"] == list(units.KERNEL_TUNABLES)
+    assert "ProtectKernelTunables" not in own
+    # Without one (a plan that names none): systemd's sysfs of the namespace, with all
+    # that is beneath it read-only.
     own = props(netns="/run/netns/podmgr-x")
     assert "BindReadOnlyPaths" not in own and "ReadOnlyPaths" not in own
     assert own["ProtectKernelTunables"] is True and own["ProtectControlGroups"] is True
