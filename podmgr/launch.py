@@ -610,6 +610,12 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
             sd.stop_unit(slice_unit)
     # Once the apps are gone (the exit hooks do the same, perhaps after this returns).
     unmount_roots([a["rootfs"] for a in record["apps"]])
+    pdir = state / "pods" / uuid
+    if record.get("net", "host") != "host" and not _has_sockets(pdir):
+        # A pod that run started has no net unit to have done it as the slice stopped.
+        from podmgr import network
+
+        network.teardown(pdir, uuid)
 
 
 def run_attached(

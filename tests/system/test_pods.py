@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from podfix import Podmgr, build_image, host_state, sh, until
+
+from podmgr.errors import ExitCode
 
 INSECURE = "--insecure-options=image"
 
@@ -425,6 +428,39 @@ def network_left(uuid: str) -> list[str]:
     leases = Path("/run/podmgr/ipam")
     left += [f"lease {p}" for p in leases.rglob("*") if p.is_file() and uuid in p.read_text()]
     return left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_pod(
+    pm: Podmgr, images: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM, or Ctrl-C, to an attached run stops its pod: once run has returned (with
+    the interrupted code) no app runs, and nothing of the pod's network or roots is left."""
+    sleeper = img(images, "sleeper5", ["/bin/sleep", "600"])
+    saved = tmp_path / "uuid"
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
+    run = subprocess.Popen(
+        [*argv, "--uuid-file-save", str(saved), sleeper],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        until(lambda: saved.exists() and saved.read_text().strip() != "", "the pod's UUID")
+        uuid = saved.read_text().strip()
+        unit = unit_of(uuid, "sleeper5")
+        until(lambda: sh("systemctl", "is-active", unit).returncode == 0, "the app up")
+        run.send_signal(sig)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == ExitCode.INTERRUPTED, err
+    assert "interrupted; the pod was stopped" in err, err
+    assert sh("systemctl", "is-active", unit).stdout.strip() != "active"
+    assert network_left(uuid) == []
+    assert [m for m in host_state()["mounts"] if uuid in m] == []
+    assert pm.json("status", uuid)["state"] == "exited"
 
 
 def test_a_pod_stopped_after_its_run_was_killed_loses_its_network(
