@@ -430,17 +430,14 @@ def network_left(uuid: str) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_stops_the_pod(
-    pm: Podmgr, images: Path, tmp_path: Path, sig: signal.Signals
-) -> None:
-    """SIGTERM, or Ctrl-C, to an attached run stops its pod: once run has returned (with
-    the interrupted code) no app runs, and nothing of the pod's network or roots is left."""
-    sleeper = img(images, "sleeper5", ["/bin/sleep", "600"])
+def background_run(
+    pm: Podmgr, tmp_path: Path, image: str, app: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`podmgr run IMAGE` in the background, once its app is up; and the pod's UUID."""
     saved = tmp_path / "uuid"
     argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
     run = subprocess.Popen(
-        [*argv, "--uuid-file-save", str(saved), sleeper],
+        [*argv, "--uuid-file-save", str(saved), image],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -448,8 +445,24 @@ def test_sigterm_or_ctrl_c_stops_the_pod(
     try:
         until(lambda: saved.exists() and saved.read_text().strip() != "", "the pod's UUID")
         uuid = saved.read_text().strip()
-        unit = unit_of(uuid, "sleeper5")
+        unit = unit_of(uuid, app)
         until(lambda: sh("systemctl", "is-active", unit).returncode == 0, "the app up")
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    return run, uuid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_pod(
+    pm: Podmgr, images: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM, or Ctrl-C, to an attached run stops its pod: once run has returned (with
+    the interrupted code) no app runs, and nothing of the pod's network or roots is left."""
+    sleeper = img(images, "sleeper5", ["/bin/sleep", "600"])
+    run, uuid = background_run(pm, tmp_path, sleeper, "sleeper5")
+    try:
         run.send_signal(sig)
         _, err = run.communicate(timeout=60)
     finally:
@@ -457,7 +470,7 @@ def test_sigterm_or_ctrl_c_stops_the_pod(
         run.wait()
     assert run.returncode == ExitCode.INTERRUPTED, err
     assert "interrupted; the pod was stopped" in err, err
-    assert sh("systemctl", "is-active", unit).stdout.strip() != "active"
+    assert sh("systemctl", "is-active", unit_of(uuid, "sleeper5")).stdout.strip() != "active"
     assert network_left(uuid) == []
     assert [m for m in host_state()["mounts"] if uuid in m] == []
     assert pm.json("status", uuid)["state"] == "exited"
@@ -469,18 +482,8 @@ def test_a_pod_stopped_after_its_run_was_killed_loses_its_network(
     """run's pod has no net unit: should run die, stopping the pod (the slice, as an
     operator would) has the exit hooks take its network down."""
     sleeper = img(images, "sleeper4", ["/bin/sleep", "600"])
-    saved = tmp_path / "uuid"
-    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "run", INSECURE]
-    run = subprocess.Popen(
-        [*argv, "--uuid-file-save", str(saved), sleeper],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run, uuid = background_run(pm, tmp_path, sleeper, "sleeper4")
     try:
-        until(lambda: saved.exists() and saved.read_text().strip() != "", "the pod's UUID")
-        uuid = saved.read_text().strip()
-        unit = unit_of(uuid, "sleeper4")
-        until(lambda: sh("systemctl", "is-active", unit).returncode == 0, "the app up")
         left = network_left(uuid)
         assert any(x.startswith("netns ") for x in left), left
         assert not any(x.startswith("unit ") for x in left), left
