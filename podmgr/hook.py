@@ -18,7 +18,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,18 +67,26 @@ def exit_from_unit(props: Mapping[str, Any]) -> tuple[str, str | None, int | Non
     return parse_exit(env)
 
 
-def socket_activated(pdir: Path, app: str) -> bool:
-    """Whether the app has a socket unit: a port ``socketActivated`` in the reified pod
+def socket_apps(pdir: Path) -> set[str]:
+    """The apps that have a socket unit: a port ``socketActivated`` in the reified pod
     manifest (read as plain JSON: the hook does without pydantic)."""
     try:
         manifest = json.loads((pdir / "manifest").read_bytes())
     except (OSError, ValueError):
-        return False
-    for ra in manifest.get("apps") or ():
-        if ra.get("name") == app:
-            ports = (ra.get("app") or {}).get("ports") or ()
-            return any(p.get("socketActivated") is True for p in ports)
-    return False
+        return set()
+    return {
+        str(ra.get("name"))
+        for ra in manifest.get("apps") or ()
+        if any(p.get("socketActivated") is True for p in (ra.get("app") or {}).get("ports") or ())
+    }
+
+
+def network_ends_with_pod(record: Mapping[str, Any], sockets: Collection[str]) -> bool:
+    """Whether whoever ends the pod (pod.json's ``record``; ``sockets``: its
+    :func:`socket_apps`) takes its network down: it has one of its own, and no socket
+    units, which hold the netns until the slice has stopped them; the net unit's
+    ``ExecStop=`` does it then."""
+    return record.get("net", "host") != "host" and not sockets
 
 
 def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -154,15 +162,16 @@ def app_ended(
     apps = record["apps"]
     slice_unit = names.pod_slice(record["uuid"])
     unit = next(a["unit"] for a in apps if a["name"] == app)
+    sockets = socket_apps(pdir)
     others = [a["unit"] for a in apps if a["name"] != app]
     states = sd.read_properties([slice_unit, *others], ("ActiveState", "Job"))
     pod = states.pop(slice_unit)
     if pod["ActiveState"] in ("deactivating", "inactive") or pod["Job"][0]:
         # A slice's only job once its apps run is its stop: the pod is ending.
         _unmount_roots(apps)
-        _teardown_network(pdir, record)
+        _teardown_network(pdir, record, sockets)
         return
-    if socket_activated(pdir, app):
+    if app in sockets:
         with contextlib.suppress(SystemdError):
             sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
     policy = record.get("exit_policy", "on-any-failure")
@@ -170,7 +179,7 @@ def app_ended(
         # Once the stop job is queued no app starts again, so the roots can go.
         sd.stop_unit(slice_unit, wait=False)
         _unmount_roots(apps)
-        _teardown_network(pdir, record)
+        _teardown_network(pdir, record, sockets)
 
 
 def _unmount_roots(apps: Sequence[Mapping[str, Any]]) -> None:
@@ -179,14 +188,11 @@ def _unmount_roots(apps: Sequence[Mapping[str, Any]]) -> None:
     unmount_roots([a["rootfs"] for a in apps])
 
 
-def _teardown_network(pdir: Path, record: Mapping[str, Any]) -> None:
+def _teardown_network(pdir: Path, record: Mapping[str, Any], sockets: Collection[str]) -> None:
     """The pod's network, as the pod ends: a pod that ``podmgr run`` started has no net
     unit to do it (launch._without_net_unit), and ``run`` may be gone; for another the
-    net unit's ``ExecStop=`` then finds nothing left. Not with socket units, which hold
-    the netns until the slice has stopped them: the net unit's stop comes after."""
-    if record.get("net", "host") == "host":
-        return
-    if any(socket_activated(pdir, a["name"]) for a in record["apps"]):
+    net unit's ``ExecStop=`` then finds nothing left."""
+    if not network_ends_with_pod(record, sockets):
         return
     from podmgr import network
     from podmgr.errors import PodmgrError

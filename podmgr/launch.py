@@ -456,7 +456,13 @@ def wait(
         if starting is not None:
             starting(sd)
         # Not before: run_attached's start imports it meanwhile (prefetch).
-        from podmgr.hook import app_ended, exit_from_unit, record_exit
+        from podmgr.hook import (
+            app_ended,
+            exit_from_unit,
+            network_ends_with_pod,
+            record_exit,
+            socket_apps,
+        )
 
         unrecorded = len(apps)
         for unit, final in exits:
@@ -477,7 +483,7 @@ def wait(
         # (its mounts and network go with it), as the last exit hook would. Not the
         # network of a pod with socket units, which hold the netns until the slice stops
         # them: its net unit's ExecStop= does it.
-        net = record.get("net", "host") != "host" and not _has_sockets(pdir)
+        net = network_ends_with_pod(record, socket_apps(pdir))
 
         def teardown() -> None:
             from podmgr import network
@@ -583,13 +589,6 @@ def _preload_journal() -> None:
     sdjournal.preload()
 
 
-def _has_sockets(pdir: Path) -> bool:
-    doc = _plan_doc(pdir)
-    if doc is None:
-        return True  # unknown: leave the network to the net unit
-    return any(n.endswith(".socket") for _, _, aux in doc["units"] for n, _ in aux)
-
-
 def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None) -> None:
     """Stop a started pod: SIGTERM (SIGKILL with ``force``) through its slice."""
     import signal
@@ -611,7 +610,9 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
     # Once the apps are gone (the exit hooks do the same, perhaps after this returns).
     unmount_roots([a["rootfs"] for a in record["apps"]])
     pdir = state / "pods" / uuid
-    if record.get("net", "host") != "host" and not _has_sockets(pdir):
+    from podmgr.hook import network_ends_with_pod, socket_apps
+
+    if network_ends_with_pod(record, socket_apps(pdir)):
         # A pod that run started has no net unit to have done it as the slice stopped.
         from podmgr import network
 

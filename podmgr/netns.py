@@ -24,10 +24,10 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from podmgr.errors import NetworkError
+from podmgr.rootfs import MNT_DETACH
 
 NETNS_DIR = "/run/netns"
 SYSFS_DIR = "/run/podmgr/sysfs"
@@ -37,7 +37,6 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
-MNT_DETACH = 2
 # MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 SYSFS_FLAGS = 0x1 | 0x2 | 0x4 | 0x8
 SIOCGIFFLAGS = 0x8913
@@ -56,18 +55,20 @@ def _fail(what: str, err: int) -> NetworkError:
     )
 
 
-def _share_dir(libc: Any, errno_of: Callable[[], int]) -> None:
+def _share_dir(libc: Any) -> None:
+    from podmgr.rootfs import last_errno
+
     os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
     d = NETNS_DIR.encode()
     for _ in range(2):
         if libc.mount(b"none", d, None, MS_SHARED | MS_REC, None) == 0:
             return
-        err = errno_of()
+        err = last_errno()
         if err != errno.EINVAL:
             raise _fail(f"make {NETNS_DIR} a shared mount", err)
         # Not a mount point yet: make it one, then shared.
         if libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0:
-            raise _fail(f"bind {NETNS_DIR} onto itself", errno_of())
+            raise _fail(f"bind {NETNS_DIR} onto itself", last_errno())
     raise _fail(f"make {NETNS_DIR} a shared mount", errno.EINVAL)
 
 
@@ -88,10 +89,10 @@ def add(name: str) -> str:
     at :func:`sysfs_of` (a sysfs shows the network devices of the namespace that mounted
     it: the pod's apps get it as their /sys, podmgr.units); the namespace's path. An
     existing one is an error (EEXIST), as for ``ip netns add``."""
-    from podmgr.rootfs import _errno, _libc
+    from podmgr.rootfs import last_errno, load_libc
 
-    libc = _libc()
-    _share_dir(libc, _errno)
+    libc = load_libc()
+    _share_dir(libc)
     path = path_of(name)
     sysfs = sysfs_of(name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
@@ -102,14 +103,20 @@ def add(name: str) -> str:
         # other threads (and the CNI plugins it runs) stay in the host's.
         try:
             if libc.unshare(CLONE_NEWNET) != 0:
-                raise _fail("create a network namespace", _errno())
+                raise _fail("create a network namespace", last_errno())
             src = b"/proc/thread-self/ns/net"
             if libc.mount(src, path.encode(), b"none", MS_BIND, None) != 0:
-                raise _fail(f"bind the network namespace to {path}", _errno())
-            _lo_up()
-            os.makedirs(sysfs, mode=0o755, exist_ok=True)
+                raise _fail(f"bind the network namespace to {path}", last_errno())
+            try:
+                _lo_up()
+            except OSError as e:
+                raise _fail(f"bring lo up in {path}", e.errno or errno.EIO) from e
+            try:
+                os.makedirs(sysfs, mode=0o755, exist_ok=True)
+            except OSError as e:
+                raise _fail(f"make {sysfs}", e.errno or errno.EIO) from e
             if libc.mount(b"sysfs", sysfs.encode(), b"sysfs", SYSFS_FLAGS, None) != 0:
-                raise _fail(f"mount the network namespace's sysfs on {sysfs}", _errno())
+                raise _fail(f"mount the network namespace's sysfs on {sysfs}", last_errno())
         except BaseException as e:
             failure.append(e)
 
@@ -118,10 +125,7 @@ def add(name: str) -> str:
     t.join()
     if failure:
         remove(name)
-        e = failure[0]
-        if isinstance(e, OSError):
-            raise _fail(f"bring lo up in {path}", e.errno or errno.EIO) from e
-        raise e
+        raise failure[0]
     return path
 
 
@@ -129,16 +133,16 @@ def remove(name: str) -> None:
     """Remove the namespace ``name`` and its sysfs, those that exist; the kernel frees
     the namespace (and destroys its interfaces) once no process is in it, in the
     background."""
-    from podmgr.rootfs import _errno, _libc
+    from podmgr.rootfs import last_errno, load_libc
 
     path, sysfs = path_of(name), sysfs_of(name)
     libc = None
     for mount_point in (sysfs, path):
         if not os.path.lexists(mount_point):
             continue
-        libc = libc or _libc()
+        libc = libc or load_libc()
         if libc.umount2(mount_point.encode(), MNT_DETACH) != 0:
-            err = _errno()
+            err = last_errno()
             if err not in (errno.EINVAL, errno.ENOENT):  # not mounted: a failed add
                 raise _fail(f"unmount {mount_point}", err)
     with contextlib.suppress(FileNotFoundError):

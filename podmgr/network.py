@@ -67,7 +67,6 @@ from podmgr.process import run, run_many
 
 log = logger.get(__name__)
 
-NETNS_DIR = Path(netns.NETNS_DIR)
 RUN_DIR = Path("/run/podmgr")
 IPAM_DIR = RUN_DIR / "ipam"
 PORTS_DIR = RUN_DIR / "ports"
@@ -90,7 +89,7 @@ def netns_name(uuid: str) -> str:
 
 
 def netns_path(uuid: str) -> str:
-    return str(NETNS_DIR / netns_name(uuid))
+    return netns.path_of(netns_name(uuid))
 
 
 def sysfs_path(uuid: str) -> str:
@@ -138,8 +137,8 @@ def default_conflist(*, ports: bool = True) -> dict[str, Any]:
 #: Docker and podman have them: outbound traffic masqueraded, and forwarding to and from
 #: the bridge accepted ahead of a FORWARD policy of DROP (Docker's, for one). The bridge
 #: plugin's ``ipMasq`` and the ``firewall`` plugin did it per pod, with 19 iptables
-#: commands at each pod's start and 10 slower ones at its end (210 ms of 255 that the
-#: default network added to ``podmgr run``, measured in the box); checking these costs
+#: commands at each pod's start and 10 slower ones at its end (160 ms of the 255 that the
+#: default network added to ``podmgr run``, timed in the box); checking these costs
 #: three commands at once, at a pod's start. Like the bridge, they stay.
 HOST_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
     (table, chain, (*rule.split(), "-m", "comment", "--comment", "podmgr default network"))

@@ -410,6 +410,11 @@ def plan(
         for a in record.apps
     )
     hook_argv, hook_env = exit_hook(state, record.uuid)
+    netns_path = sysfs_path = None
+    if record.net is not NetMode.HOST:
+        from podmgr import network
+
+        netns_path, sysfs_path = network.netns_path(record.uuid), network.sysfs_path(record.uuid)
     return units.PodPlan(
         uuid=record.uuid,
         apps=apps,
@@ -419,22 +424,10 @@ def plan(
         exit_hook_env=hook_env,
         shm_dir=str(pdir / "shm"),
         metadata_url=metadata.metadata_url(record),
-        netns_path=None if record.net is NetMode.HOST else network_netns(record.uuid),
-        sysfs_path=None if record.net is NetMode.HOST else network_sysfs(record.uuid),
+        netns_path=netns_path,
+        sysfs_path=sysfs_path,
         net_hook=net_hook(state, record.uuid, hook_argv),
     )
-
-
-def network_netns(uuid: str) -> str:
-    from podmgr import network
-
-    return network.netns_path(uuid)
-
-
-def network_sysfs(uuid: str) -> str:
-    from podmgr import network
-
-    return network.sysfs_path(uuid)
 
 
 def net_hook(state: Path, uuid: str, exit_argv: Sequence[str]) -> tuple[str, ...]:

@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 log = logger.get(__name__)
 
 #: 2: plan.json 2 (the apps' roots are podmgr's mounts). 3: plan.json 3. 4: the apps'
-#: confinement as of podmgr.units.seccomp_properties and HOST_SYSFS (a template keeps the
-#: unit properties it was made with). 5: plan.json 4. 6: an app on the host's network
+#: confinement as of podmgr.units.seccomp_properties and the host's sysfs (a template
+#: keeps the unit properties it was made with). 5: plan.json 4. 6: an app on the host's network
 #: without ProtectKernelTunables= (podmgr.units.KERNEL_TUNABLES). 7: likewise an app with
 #: a network of its own, whose /sys is its namespace's own sysfs (PodPlan.sysfs_path).
 TEMPLATE_VERSION = 7

@@ -52,9 +52,7 @@ def run(
             timeout=timeout,
         )
     except FileNotFoundError as e:
-        raise NotFoundError(
-            f"command not found: {args[0]}", hint="install the package that provides it"
-        ) from e
+        raise _not_found(args[0]) from e
     except subprocess.TimeoutExpired as e:
         raise CommandError(
             f"{args[0]} did not finish within {timeout} s", argv=args, returncode=-1
@@ -103,8 +101,11 @@ def run_many(
         out, err = p.communicate()
         done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     if missing is not None:
-        raise NotFoundError(
-            f"command not found: {missing.filename}",
-            hint="install the package that provides it",
-        ) from missing
+        raise _not_found(missing.filename) from missing
     return done
+
+
+def _not_found(program: str) -> NotFoundError:
+    return NotFoundError(
+        f"command not found: {program}", hint="install the package that provides it"
+    )

@@ -230,9 +230,9 @@ def mount_root(rootfs: str, lower: Sequence[str]) -> None:
         )
     app_dir = Path(rootfs).parent
     opts = overlay_options(lower, str(app_dir / "upper"), str(app_dir / "work"))
-    libc = _libc()
+    libc = load_libc()
     if libc.mount(b"overlay", os.fsencode(rootfs), b"overlay", 0, opts.encode()) != 0:
-        err = _errno()
+        err = last_errno()
         raise PodmgrError(
             f"cannot mount the root of app {app_dir.name} ({rootfs}): {os.strerror(err)}",
             hint="overlayfs needs the overlay module, and upper layers on a filesystem "
@@ -240,13 +240,14 @@ def mount_root(rootfs: str, lower: Sequence[str]) -> None:
         )
 
 
-def _libc() -> Any:
+def load_libc() -> Any:
+    """The C library, for the mount(2) family, with errno kept (:func:`last_errno`)."""
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _errno() -> int:
+def last_errno() -> int:
     import ctypes
 
     return ctypes.get_errno()
@@ -269,8 +270,8 @@ def unmount_roots(roots: Sequence[str]) -> None:
     libc = None
     for rootfs in roots:
         if os.path.ismount(rootfs):
-            libc = libc or _libc()
+            libc = libc or load_libc()
             if libc.umount2(os.fsencode(rootfs), MNT_DETACH) != 0:
-                err = _errno()
+                err = last_errno()
                 if err not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
                     log.warning("cannot unmount %s: %s", rootfs, os.strerror(err))

@@ -118,25 +118,25 @@ SECCOMP_ALWAYS_ALLOWED = ("execve", "exit", "exit_group", "rt_sigreturn", "sigre
 
 MS_REC = 16384
 
-#: /sys for an app on the host's network: the host's sysfs alone (no MS_REC), read-only,
-#: as podman and systemd-nspawn give it; not the host's debugfs, tracefs, fusectl, bpffs
-#: and whole cgroup tree mounted beneath it, which systemd's own /sys (MountAPIVFS=)
-#: brings along. And each of those submounts is one more read-only remount for
-#: ProtectKernelTunables= at every app's start: 6 ms on a host with hybrid cgroups
+#: /sys for an app on the host's network is the host's sysfs alone (no MS_REC),
+#: read-only, as podman and systemd-nspawn give it; not the host's debugfs, tracefs,
+#: fusectl, bpffs and whole cgroup tree mounted beneath it, which systemd's own /sys
+#: (MountAPIVFS=) brings along. And each of those submounts is one more read-only remount
+#: for ProtectKernelTunables= at every app's start: 6 ms on a host with hybrid cgroups
 #: (systemd 257). A pod with a network of its own gets a sysfs of its namespace alone in
 #: the same way (PodPlan.sysfs_path, podmgr.netns): 15 ms of 70 for systemd's start of
 #: an app, against systemd's sysfs of the namespace with the host's submounts.
-HOST_SYSFS = ("/sys", "/sys", False, 0)
-
-#: With such a /sys, what ProtectKernelTunables= does beyond it: the writable kernel
-#: interfaces of /proc made read-only (its table in systemd's namespace.c; "-": where the
-#: kernel has it, "+": in the app's root, whose /proc MountAPIVFS= mounted). Root writes
-#: most of them with no capability at all: a sysctl (kernel.core_pattern runs a program
-#: as the host's root), the SysRq trigger, IRQ affinities, PCI configuration space. Not
-#: ProtectKernelTunables= itself: it also remounts /sys and the four filesystems beneath
-#: it on the host, which this /sys does not bring (a no-op on /sys, read-only already),
-#: and /proc/timer_list (read-only already), each a mount and remount at every start:
-#: 8 ms of 60 for systemd's start of an app (systemd-run, Debian 13's systemd 257).
+#:
+#: With such a /sys, what ProtectKernelTunables= does beyond it (app_properties): the
+#: writable kernel interfaces of /proc made read-only (its table in systemd's
+#: namespace.c; "-": where the kernel has it, "+": in the app's root, whose /proc
+#: MountAPIVFS= mounted). Root writes most of them with no capability at all: a sysctl
+#: (kernel.core_pattern runs a program as the host's root), the SysRq trigger, IRQ
+#: affinities, PCI configuration space. Not ProtectKernelTunables= itself: it also
+#: remounts /sys and the four filesystems beneath it on the host, which this /sys does
+#: not bring (a no-op on /sys, read-only already), and /proc/timer_list (read-only
+#: already), each a mount and remount at every start: 8 ms of 60 for systemd's start of
+#: an app (systemd-run, Debian 13's systemd 257).
 KERNEL_TUNABLES = tuple(
     f"-+/proc/{p}"
     for p in (
@@ -593,11 +593,10 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     if pod.shm_dir:
         rw_binds.append((pod.shm_dir, "/dev/shm", False, 0))
     read_only = ["/"] if app.read_only_rootfs else []
-    sysfs = HOST_SYSFS if pod.netns_path is None else None
-    if pod.netns_path is not None and pod.sysfs_path is not None:
-        sysfs = (pod.sysfs_path, "/sys", False, 0)
+    # The host's sysfs, or the pod's netns's own; alone (no MS_REC) either way.
+    sysfs = "/sys" if pod.netns_path is None else pod.sysfs_path
     if sysfs is not None and not any(b[1] == "/sys" for b in binds):
-        ro_binds.append(sysfs)
+        ro_binds.append((sysfs, "/sys", False, 0))
         read_only += KERNEL_TUNABLES
         secrets = [p for cap, p in KERNEL_SECRETS.items() if bounding & (1 << CAP_NUMBERS[cap])]
         if secrets:

@@ -112,8 +112,8 @@ def test_exit_hook_knows_socket_activated_apps(tmp_path: Path) -> None:
         ]
     }
     (tmp_path / "manifest").write_text(json.dumps(manifest))
-    assert hook.socket_activated(tmp_path, "web")
-    assert not hook.socket_activated(tmp_path, "plain")
-    assert not hook.socket_activated(tmp_path, "bare")
-    assert not hook.socket_activated(tmp_path / "gone", "web")
+    assert "web" in hook.socket_apps(tmp_path)
+    assert "plain" not in hook.socket_apps(tmp_path)
+    assert "bare" not in hook.socket_apps(tmp_path)
+    assert "web" not in hook.socket_apps(tmp_path / "gone")
 
