@@ -47,7 +47,7 @@ log = logger.get(__name__)
 #: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root). 3: no
 #: flock(1) ExecCondition= in the exit hooks (names.attached_condition). 4: the slice is
 #: made with the first unit, as an aux unit (pod.unit_batch).
-PLAN_VERSION = 4
+PLAN_VERSION = 5
 #: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
 POD_RECORD_VERSION = 1
 
@@ -605,6 +605,13 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
         if force:
             with contextlib.suppress(systemd.BusError):
                 sd.kill_unit(slice_unit, int(signal.SIGKILL))
+        else:
+            from podmgr.hook import kill_deaf_apps
+
+            units = [a["unit"] for a in record["apps"]]
+            kill_deaf_apps(
+                sd, state / "pods" / uuid, record["apps"], sd.read_properties(units, ("MainPID",))
+            )
         with contextlib.suppress(systemd.NoSuchUnitError):
             sd.stop_unit(slice_unit)
     # Once the apps are gone (the exit hooks do the same, perhaps after this returns).

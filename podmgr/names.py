@@ -78,6 +78,12 @@ def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
 
 
+def stop_kill_marker(pdir: Path, app: str) -> Path:
+    """Present once the pod's own stop has sent the app SIGKILL in place of a SIGTERM it
+    could not receive (podmgr.hook.kill_deaf_apps)."""
+    return pdir / "apps" / app / "killed-by-stop"
+
+
 def exit_record(pdir: Path, app: str) -> Path:
     """An app's ``exit.json`` in its pod's directory ``pdir``: the record of its end, by
     ``podmgr run`` or its exit hook (podmgr.hook.record_exit), whichever comes first."""

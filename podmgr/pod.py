@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from podmgr import launch, logger, metadata, podstate, rootfs, tokens, units
+from podmgr import execshim, launch, logger, metadata, podstate, rootfs, tokens, units
 from podmgr.errors import InvalidError, UsageError, require_root
 from podmgr.names import new_uuid
 from podmgr.podstate import AppRecord, PodRecord
@@ -350,6 +350,7 @@ def _prepare_in(
         metadata_token=tokens.new_token(),
         user_annotations=spec.user_annotations,
         user_labels=spec.user_labels,
+        hostname=names.hostname,
     )
     podstate.save(tmp, record)
     # What start replays without the models (podmgr.launch); paths are the final ones.
@@ -427,6 +428,8 @@ def plan(
         netns_path=netns_path,
         sysfs_path=sysfs_path,
         net_hook=net_hook(state, record.uuid, hook_argv),
+        shim=execshim.path(),
+        hostname=record.hostname,
     )
 
 

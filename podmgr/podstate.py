@@ -89,6 +89,8 @@ class PodRecord(_Record):
     metadata_token: str
     user_annotations: dict[str, str] = {}
     user_labels: dict[str, str] = {}
+    #: --hostname, the apps' host name; None: the pod's machine name (podmgr-<uuid hex>).
+    hostname: str | None = None
 
 
 class AppExit(_Record):
