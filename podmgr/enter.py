@@ -79,8 +79,11 @@ def enter_properties(
     app_unit: str,
     argv: Sequence[str],
     stdio: Sequence[int],
+    join_pid: int | None = None,
 ) -> dict[str, Any]:
-    """The entered command's unit: the app's own properties, minus its life cycle."""
+    """The entered command's unit: the app's own properties, minus its life cycle, in
+    the namespaces of the app's process ``join_pid`` (its PID namespace: the app's
+    processes, and no other)."""
     entered = dataclasses.replace(
         app,
         exec=tuple(argv),
@@ -88,7 +91,13 @@ def enter_properties(
         post_stop=None,
         restart=units.RestartPolicy.NO,
     )
-    props = units.app_properties(entered, dataclasses.replace(pod, exit_hook=()), others=[app_unit])
+    props = units.app_properties(
+        entered,
+        dataclasses.replace(pod, exit_hook=()),
+        others=[app_unit],
+        shim_mode=units.ShimMode.JOIN,
+        join_pid=join_pid,
+    )
     for key in ("OnSuccess", "OnFailure", "ExecStartPreEx", "ExecStopPostEx"):
         props.pop(key, None)
     # The command runs as given: systemd must not expand $VARS in it ("$$" in sh -c).
@@ -132,8 +141,9 @@ def confine_to_running(props: dict[str, Any], running: Mapping[str, Any]) -> dic
             hint="the pod was started by another podmgr version; restart the pod",
         )
     if "CapabilityBoundingSet" in running:
-        out["CapabilityBoundingSet"] = int(props["CapabilityBoundingSet"]) & int(
-            running["CapabilityBoundingSet"]
+        # What podmgr-exec needs to enter is its own, dropped before the command runs.
+        out["CapabilityBoundingSet"] = int(props["CapabilityBoundingSet"]) & (
+            int(running["CapabilityBoundingSet"]) | units.caps_mask(units.SHIM_JOIN_CAPS)
         )
     if "AmbientCapabilities" in out:
         out["AmbientCapabilities"] = int(out["AmbientCapabilities"]) & int(
@@ -157,6 +167,13 @@ def resolve_command(app: AppRecord, argv: list[str]) -> list[str]:
     from podmgr import rootfs as rootfs_mod
 
     if argv[0].startswith("/"):
+        # Checked here: podmgr-exec could only say so from inside the app, as an exit.
+        found = _resolve(app.rootfs, argv[0])
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            raise NotFoundError(
+                f"cannot run {argv[0]} in app {app.name}: no such executable file",
+                hint="give the path of an executable inside the app",
+            )
         return argv
     path_env = app.environment.get("PATH", units.APPC_PATH)
     try:
@@ -257,7 +274,17 @@ def enter(
                 hint=f"podmgr status {uuid}",
             )
         command = resolve_command(target, list(argv) or default_command(target.rootfs))
-        props = enter_properties(app_plan, plan, app_unit=target.unit, argv=command, stdio=fds)
+        from podmgr.hook import app_process
+
+        join_pid = app_process(int(running.get("MainPID") or 0))
+        if not join_pid:
+            raise ConflictError(
+                f"app {target.name} of pod {uuid} has no process to enter",
+                hint=f"podmgr status {uuid}",
+            )
+        props = enter_properties(
+            app_plan, plan, app_unit=target.unit, argv=command, stdio=fds, join_pid=join_pid
+        )
         # The app's environment as systemd has it (AC_METADATA_URL was fixed at start).
         if running.get("Environment"):
             props["Environment"] = list(running["Environment"])

@@ -152,6 +152,9 @@ KERNEL_SECRETS = {"SYSLOG": "-+/proc/kallsyms", "SYS_RAWIO": "-+/proc/kcore"}
 #: What podmgr-exec needs beyond the app's own privileges, as root before it drops them:
 #: CAP_SYS_ADMIN for its namespaces and /proc, the others to drop to the app's.
 SHIM_CAPS = ("SYS_ADMIN", "SETPCAP", "SETUID", "SETGID")
+#: For ``podmgr enter``: opening the namespaces of an app that runs as another user is
+#: ptrace access; joining a mount namespace takes CAP_SYS_CHROOT too.
+SHIM_JOIN_CAPS = (*SHIM_CAPS, "SYS_PTRACE", "SYS_CHROOT")
 #: The system calls podmgr-exec makes that an app's filter may deny. systemd's filter
 #: lets them through, and podmgr-exec denies them again (-D) before it executes the app,
 #: with the app's errno or SIGSYS, so the app's filter is what it was.
@@ -549,11 +552,20 @@ def app_environment(app: AppPlan, pod: PodPlan) -> dict[str, str]:
     return env
 
 
-def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) -> dict[str, Any]:
+def app_properties(
+    app: AppPlan,
+    pod: PodPlan,
+    *,
+    others: Sequence[str] = (),
+    shim_mode: ShimMode = ShimMode.APP,
+    join_pid: int | None = None,
+) -> dict[str, Any]:
     """The transient service for one app of a pod.
 
     ``others`` are the other apps' services, which share its IPC namespace; the network
-    namespace is the pod's own (``netns_path``) unless the pod uses the host's.
+    namespace is the pod's own (``netns_path``) unless the pod uses the host's. With
+    ``shim_mode`` JOIN, a command that joins the running app process ``join_pid``'s
+    namespaces instead (``podmgr enter``).
     """
     env = app_environment(app, pod)
     # Apps are confined by default, then isolators loosen or tighten that.
@@ -679,7 +691,9 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     if others:
         props["JoinsNamespaceOf"] = list(others)
     if pod.shim:
-        confine_with_shim(props, app, pod, ShimMode.APP, bounding=bounding, ambient=ambient)
+        confine_with_shim(
+            props, app, pod, shim_mode, bounding=bounding, ambient=ambient, join_pid=join_pid
+        )
     return props
 
 
@@ -757,7 +771,8 @@ def confine_with_shim(
     assert pod.shim
     deny = _relax_filter(props)
     errno_value = props.get("SystemCallErrorNumber")
-    props["CapabilityBoundingSet"] = bounding | caps_mask(SHIM_CAPS)
+    extra = caps_mask(SHIM_JOIN_CAPS if mode is ShimMode.JOIN else SHIM_CAPS)
+    props["CapabilityBoundingSet"] = bounding | extra
     props.pop("AmbientCapabilities", None)
     props["BindReadOnlyPaths"] = [
         *props.get("BindReadOnlyPaths", ()),

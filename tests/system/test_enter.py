@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from podfix import Podmgr, build_image, sh
 
+from podmgr.hook import app_process
+
 INSECURE = "--insecure-options=image"
 
 PROBE = r"""
@@ -66,12 +68,13 @@ def confined(pm: Podmgr, images: Path) -> Iterator[str]:
 
 def status_of(pid: int) -> dict[str, str]:
     text = Path(f"/proc/{pid}/status").read_text()
-    return dict(re.findall(r"^(\w+):\s+(.*)$", text, re.M))
+    return dict(re.findall(r"^(\w+):[ \t]*(.*)$", text, re.M))
 
 
 def main_pid(uuid: str, app: str) -> int:
+    """The app's own process (its unit's main process is podmgr-exec, its parent)."""
     unit = f"podmgr-{uuid.replace('-', '')}-{app}.service"
-    return int(sh("systemctl", "show", "-P", "MainPID", unit).stdout.strip())
+    return app_process(int(sh("systemctl", "show", "-P", "MainPID", unit).stdout.strip()))
 
 
 def enter_units() -> list[str]:
@@ -82,7 +85,7 @@ def enter_units() -> list[str]:
 def test_entered_command_has_the_apps_confinement(pm: Podmgr, confined: str) -> None:
     p = pm("enter", confined, "--", "sh", "-c", PROBE)
     out = p.stdout
-    got = dict(re.findall(r"^(\w+):\s+(.*)$", out, re.M))
+    got = dict(re.findall(r"^(\w+):[ \t]*(.*)$", out, re.M))
     pid = main_pid(confined, "target")
     app = status_of(pid)
     # The same capability sets as the app: CAP_NET_BIND_SERVICE only.
