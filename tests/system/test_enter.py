@@ -1,15 +1,22 @@
 """podmgr enter: the entered command has the app's confinement and nothing more (rkt's
 CVE-2019-10144/10145/10147), its stdio is the caller's, its exit code is returned; and
-podmgr run --interactive, driven through a pseudo-terminal."""
+podmgr run --interactive, driven through a pseudo-terminal. On a terminal both give the
+app a pty of its own as its controlling terminal (podmgr.terminal): a shell there has job
+control, the window size and Ctrl-C reach it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pty
 import re
 import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +231,176 @@ def test_enter_passes_the_terminal(pm: Podmgr, confined: str) -> None:
     )
     assert b"IN-A-TTY" in out, out
     assert code == 4, out
+
+
+class Term:
+    """A command on a pty made by the test, as at a terminal of ``rows`` x ``cols``."""
+
+    def __init__(self, argv: list[str], rows: int = 31, cols: int = 97) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:
+            try:
+                # Before the exec: podmgr reads the size as it starts.
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.out = b""
+        self.seen = 0  # expect() looks at what came after its last match
+        self.code: int | None = None
+
+    def _read(self, timeout: float) -> bool:
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return True
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: the command and all it started have closed the pty
+            chunk = b""
+        self.out += chunk
+        return bool(chunk)
+
+    def expect(self, pattern: bytes, limit: float = 60) -> re.Match[bytes]:
+        end = time.monotonic() + limit
+        while True:
+            m = re.compile(pattern).search(self.out, self.seen)
+            if m:
+                self.seen = m.end()
+                return m
+            if time.monotonic() > end or not self._read(0.5):
+                raise AssertionError(
+                    f"never saw {pattern!r} in:\n{self.out.decode(errors='replace')}"
+                )
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def resize(self, rows: int, cols: int) -> None:
+        # The kernel sends SIGWINCH to podmgr, the terminal's foreground process.
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def wait(self, limit: float = 60) -> int:
+        end = time.monotonic() + limit
+        while self._read(0.5) and time.monotonic() < end:
+            pass
+        _, st = os.waitpid(self.pid, 0)
+        self.code = os.waitstatus_to_exitcode(st)
+        return self.code
+
+    def close(self) -> None:
+        if self.code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _shell_session(t: Term) -> None:
+    """An interactive busybox sh on ``t``: it has the terminal as its controlling one
+    (job control, Ctrl-C, Ctrl-Z), with ``t``'s window size, and follows a resize. Ends
+    with ``exit 7``."""
+    t.send(b"tty\n")
+    t.expect(rb"\n/dev/pts/\d+\r\n")
+    t.send(b"stty size\n")
+    t.expect(rb"\n31 97\r\n")
+    t.resize(40, 120)
+    # SIGWINCH reaches podmgr asynchronously: ask until the new size shows.
+    for _ in range(100):
+        t.send(b"stty size\n")
+        if t.expect(rb"\n(\d+ \d+)\r\n").group(1) == b"40 120":
+            break
+    else:
+        raise AssertionError("the app's terminal never got the new size")
+    # Ctrl-C interrupts the foreground job (which says it is one once it is), not the
+    # shell.
+    t.send(b"sh -c 'echo int-$((3*3)); exec sleep 100'\n")
+    t.expect(rb"\nint-9\r\n")
+    t.send(b"\x03")
+    t.send(b"echo rc-$?\n")
+    t.expect(rb"\nrc-130\r\n")
+    # Ctrl-Z stops a job, jobs lists it, fg gives it the terminal back: it reads a line.
+    t.send(b"sh -c 'echo fg-$((2*3)); read x; echo got-$x'\n")
+    t.expect(rb"\nfg-6\r\n")
+    t.send(b"\x1a")
+    t.expect(rb"Stopped")
+    t.send(b"jobs\n")
+    t.expect(rb"\[1\]\+ +Stopped +sh -c")
+    t.send(b"fg\n")
+    t.expect(rb"\nsh -c \"echo fg")  # fg names the job as it continues it
+    t.send(b"hello\n")
+    t.expect(rb"\ngot-hello\r\n")
+    t.send(b"sleep 100 &\n")
+    t.send(b"jobs\n")
+    t.expect(rb"Running +sleep 100")
+    t.send(b"exit 7\n")
+
+
+def _no_job_control_warning(t: Term) -> None:
+    assert b"can't access tty" not in t.out, t.out
+    assert b"job control turned off" not in t.out, t.out
+
+
+def test_run_interactive_gives_a_shell_job_control(pm: Podmgr, images: Path) -> None:
+    aci = str(build_image(images / "ish.aci", "example.com/ish", ["/bin/sh", "-i"]))
+    t = Term(
+        [
+            sys.executable,
+            "-m",
+            "podmgr",
+            "--dir",
+            str(pm.state),
+            "run",
+            INSECURE,
+            "--interactive",
+            aci,
+        ]
+    )
+    try:
+        _shell_session(t)
+        assert t.wait() == 7, t.out
+    finally:
+        t.close()
+    _no_job_control_warning(t)
+
+
+def test_enter_gives_a_shell_job_control(pm: Podmgr, confined: str) -> None:
+    t = Term(
+        [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined, "sh", "-i"]
+    )
+    try:
+        _shell_session(t)
+        assert t.wait() == 7, t.out
+    finally:
+        t.close()
+    _no_job_control_warning(t)
+    assert enter_units() == []
+
+
+def test_enter_passes_fds_when_stdout_is_no_terminal(pm: Podmgr, confined: str) -> None:
+    """stdin a terminal, stdout a pipe: the caller's own descriptors, as before the pty
+    (no CR LF in the output, stdout no terminal)."""
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "podmgr",
+                "--dir",
+                str(pm.state),
+                "enter",
+                confined,
+                "sh",
+                "-c",
+                "test -t 0 && echo in-tty; test -t 1 || echo out-pipe; tty",
+            ],
+            stdin=slave,
+            capture_output=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"in-tty\nout-pipe\n{os.ttyname(slave)}\n".encode(), p.stdout
+    finally:
+        os.close(master)
+        os.close(slave)
