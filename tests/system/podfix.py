@@ -42,7 +42,7 @@ APPLETS = [
     ),
     *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip", "httpd"]),
     # Terminal tests (test_enter.py).
-    *(["tty", "stty"]),
+    *(["tty", "stty", "setsid"]),
 ]
 
 

@@ -404,3 +404,88 @@ def test_enter_passes_fds_when_stdout_is_no_terminal(pm: Podmgr, confined: str) 
     finally:
         os.close(master)
         os.close(slave)
+
+
+def _cooked(fd: int) -> bool:
+    """Whether the terminal whose master is ``fd`` echoes and edits lines (the slave's
+    settings: a master's TCGETS reads its slave's)."""
+    lflag = termios.tcgetattr(fd)[3]
+    return bool(lflag & termios.ICANON and lflag & termios.ECHO)
+
+
+def test_the_callers_terminal_is_raw_while_the_app_runs_and_restored(
+    pm: Podmgr, confined: str
+) -> None:
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "echo ready; read x; exit 3"])
+    try:
+        t.expect(rb"ready\r\n")
+        assert not _cooked(t.fd)
+        t.send(b"x\n")
+        assert t.wait() == 3, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    # A command that cannot start: one error, and the terminal as it was.
+    t = Term([*argv, "/bin/no-such-command"])
+    try:
+        assert t.wait() == 3, t.out
+        assert b"cannot run /bin/no-such-command" in t.out and b"Traceback" not in t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    # SIGTERM to podmgr goes to the command; podmgr returns its status.
+    t = Term([*argv, "sh", "-c", "echo ready; exec sleep 100"])
+    try:
+        t.expect(rb"ready\r\n")
+        os.kill(t.pid, signal.SIGTERM)
+        assert t.wait() == 128 + signal.SIGTERM, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    assert enter_units() == []
+
+
+def test_the_apps_output_is_relayed_in_full(pm: Podmgr, confined: str) -> None:
+    """What the app writes just before it ends is read from the pty to its end."""
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"])
+    try:
+        assert t.wait() == 0, t.out[-500:]
+    finally:
+        t.close()
+    lines = re.findall(rb"line-(\d+)\r\n", t.out)
+    assert [int(n) for n in lines] == list(range(3000))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # The unit's first process is not the shell: the shell inherits the terminal.
+        "sh -i; exit $?",
+        # The first process hands the terminal on to a new session, as an exec shim
+        # that forks the app does: setsid(), then TIOCSCTTY with force, which takes the
+        # terminal from the first process's session (it needs CAP_SYS_ADMIN then).
+        "setsid -c sh -i; exit $?",
+    ],
+)
+def test_the_terminal_follows_the_app_past_its_first_process(
+    pm: Podmgr, images: Path, command: str
+) -> None:
+    aci = str(build_image(images / "wrapped.aci", "example.com/wrapped", ["/bin/sleep", "600"]))
+    uuid = pm("start", INSECURE, aci, "--caps-retain", "CAP_SYS_ADMIN").stdout.strip()
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", uuid]
+    t = Term([*argv, "sh", "-c", command])
+    try:
+        t.send(b"sh -c 'echo int-$((3*3)); exec sleep 100'\n")
+        t.expect(rb"\nint-9\r\n")
+        t.send(b"\x03")
+        t.send(b"tty; echo rc-$?\n")
+        t.expect(rb"\n/dev/pts/\d+\r\nrc-0\r\n")
+        t.send(b"exit 4\n")
+        assert t.wait() == 4, t.out
+    finally:
+        t.close()
+        pm("stop", uuid, check=False)
+        pm("rm", uuid, check=False)
+    _no_job_control_warning(t)
