@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, sh
+from podfix import Podmgr, build_image, sh, until
 
 INSECURE = "--insecure-options=image"
 
@@ -489,3 +489,30 @@ def test_the_terminal_follows_the_app_past_its_first_process(
         pm("stop", uuid, check=False)
         pm("rm", uuid, check=False)
     _no_job_control_warning(t)
+
+
+def test_a_stopped_podmgr_gives_the_terminal_back_until_continued(
+    pm: Podmgr, confined: str
+) -> None:
+    """SIGTSTP sent to podmgr (its terminal sends none in raw mode) stops it with the
+    caller's terminal restored; SIGCONT makes it raw again, and the session goes on."""
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "echo ready; read x; echo got-$x; exit 2"])
+
+    def state() -> str:
+        return Path(f"/proc/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    try:
+        t.expect(rb"ready\r\n")
+        assert not _cooked(t.fd)
+        os.kill(t.pid, signal.SIGTSTP)
+        until(lambda: state() == "T", "podmgr stopped")
+        assert _cooked(t.fd)
+        os.kill(t.pid, signal.SIGCONT)
+        until(lambda: not _cooked(t.fd), "the terminal raw again")
+        t.send(b"on\n")
+        t.expect(rb"got-on\r\n")
+        assert t.wait() == 2, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
