@@ -6,14 +6,15 @@ the same :func:`podmgr.units.app_properties` as the app itself: the same root di
 user and groups, capability bounding and ambient sets, seccomp filter, no_new_privs,
 environment, network and IPC namespaces (``JoinsNamespaceOf=`` the app's unit), in the
 pod's slice. Only the life cycle differs: no restart, no event handlers, no exit hooks,
-and the caller's stdin, stdout and stderr passed over D-Bus instead of the journal.
+and the caller's stdin, stdout and stderr passed over D-Bus instead of the journal; on a
+terminal, a pty of its own as its controlling terminal instead (:mod:`podmgr.terminal`).
 
 Before starting it, the result is checked against the running app unit as systemd
 reports it: the user and group must be the same, the seccomp filter identical, and the
 capability sets and no_new_privs are intersected with the app's, so that the entered
 command never holds anything the app does not.
 
-``podmgr run --interactive`` uses the same stdio passing for a one-app pod's app.
+``podmgr run --interactive`` gives a one-app pod's app its stdio the same way.
 """
 
 from __future__ import annotations
