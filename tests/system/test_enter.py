@@ -214,6 +214,17 @@ def test_run_interactive_gives_the_app_the_terminal(pm: Podmgr, images: Path) ->
     assert code == 5, out
 
 
+def test_run_interactive_without_a_terminal_passes_the_callers_fds(
+    pm: Podmgr, images: Path
+) -> None:
+    script = "read l; echo got:$l; test -t 0 || echo no-tty; echo err >&2; exit 6"
+    aci = str(build_image(images / "pipes.aci", "example.com/pipes", ["/bin/sh", "-c", script]))
+    p = pm("run", INSECURE, "--interactive", aci, input="hello\n", check=False)
+    assert p.returncode == 6, p.stderr
+    assert p.stdout == "got:hello\nno-tty\n"
+    assert p.stderr.endswith("err\n")
+
+
 def test_run_interactive_refuses_two_apps(pm: Podmgr, images: Path) -> None:
     aci = str(build_image(images / "two.aci", "example.com/two", ["/bin/true"]))
     before = sorted(os.listdir(pm.state / "pods"))
