@@ -166,6 +166,7 @@ def start(
     *,
     bus: str | None = None,
     stdio: Sequence[int] | None = None,
+    tty: str | None = None,
     queued: Callable[[], object] | None = None,
     sd: Any = None,
     attached: str | None = None,
@@ -173,7 +174,8 @@ def start(
     """Start a prepared pod's units; returns once every app's start job is done.
 
     ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
-    instead of the journal (``run --interactive``). ``queued``: called once systemd has
+    instead of the journal (``run --interactive``); with ``tty`` (a pty's slave), that
+    terminal instead (:mod:`podmgr.terminal`). ``queued``: called once systemd has
     queued the start jobs, while this waits for them. ``sd``: the caller's connection to
     systemd (:func:`wait`'s), to use instead of one of its own; the caller then follows
     the pod, and its registration with machined is not waited for. ``attached``: the
@@ -197,7 +199,9 @@ def start(
 
         if len(apps) != 1:
             raise UsageError("only a pod of one app can have the caller's terminal")
-        batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
+        batch = [
+            (n, with_stdio(p, stdio, tty) if n == apps[0]["unit"] else p, x) for n, p, x in batch
+        ]
     if attached is not None:
         batch = _attached_hooks(batch, pdir, apps, attached)
         batch = _without_net_unit(batch, uuid)

@@ -150,8 +150,9 @@ KERNEL_TUNABLES = tuple(
 KERNEL_SECRETS = {"SYSLOG": "-+/proc/kallsyms", "SYS_RAWIO": "-+/proc/kcore"}
 
 #: What podmgr-exec needs beyond the app's own privileges, as root before it drops them:
-#: CAP_SYS_ADMIN for its namespaces and /proc, the others to drop to the app's.
-SHIM_CAPS = ("SYS_ADMIN", "SETPCAP", "SETUID", "SETGID")
+#: CAP_SYS_ADMIN for its namespaces and /proc, CAP_KILL to pass signals on to an app of
+#: another user, the others to drop to the app's.
+SHIM_CAPS = ("SYS_ADMIN", "KILL", "SETPCAP", "SETUID", "SETGID")
 #: For ``podmgr enter``: opening the namespaces of an app that runs as another user is
 #: ptrace access; joining a mount namespace takes CAP_SYS_CHROOT too.
 SHIM_JOIN_CAPS = (*SHIM_CAPS, "SYS_PTRACE", "SYS_CHROOT")

@@ -220,6 +220,12 @@ static void wait_and_exit(pid_t pid) {
     /* Not to be read or traced through /proc while it holds CAP_SYS_ADMIN, nor to dump
      * a core of its own when it dies of the app's signal. */
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    /* While it waits: no privilege but passing signals on to an app of another user. */
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = 1u << CAP_KILL;
+    (void)syscall(SYS_capset, &hdr, data);
     int status;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR)
