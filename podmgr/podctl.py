@@ -26,7 +26,6 @@ from podmgr.podstate import PodRecord
 log = logger.get(__name__)
 
 
-
 def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
     return podlist.derive_state(
         garbage=record.garbage,
@@ -34,6 +33,7 @@ def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
         boot=record.boot_id,
         units=[a.unit for a in record.apps],
         active=active,
+        start_error=record.start_error,
     )
 
 
@@ -90,6 +90,8 @@ class PodStatus:
     isolators: list[dict[str, str]] = field(default_factory=list)
     #: Per network: name, interface, ips, gateway, ports (podmgr.network.status).
     networks: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the start failed (state failed).
+    error: str | None = None
 
     def text(self) -> str:
         lines = [
@@ -101,6 +103,8 @@ class PodStatus:
         ]
         if self.exit_code is not None:
             lines.append(f"exit code: {self.exit_code}")
+        if self.error is not None:
+            lines.append(f"error:     {self.error}")
         for n in self.networks:
             addrs = ", ".join(str(ip["address"]) for ip in n.get("ips", [])) or "-"
             lines.append(f"network:   {n['name']} {n['interface']} {addrs}".rstrip())
@@ -194,6 +198,7 @@ def status(state: Path, uuid: str, *, bus: str | None = None) -> PodStatus:
         apps=apps,
         isolators=[_iso_dict(i) for i in pod_isos],
         networks=_networks(pdir),
+        error=record.start_error,
     )
 
 
@@ -315,7 +320,7 @@ def gc(
         if st is PodState.GARBAGE and not mark_only:
             remove(state, record.uuid, bus=bus)
             removed.append(record.uuid)
-        elif st is PodState.EXITED and now - _exit_time(pdir, record) >= grace:
+        elif st in (PodState.EXITED, PodState.FAILED) and now - _exit_time(pdir, record) >= grace:
             if mark_only:
                 podstate.save(pdir, record.model_copy(update={"garbage": now}))
                 marked.append(record.uuid)
