@@ -230,8 +230,10 @@ def _check_id(where: str, what: str, value: int) -> None:
 
 
 def _check_working_dir(app: str, wd: str) -> None:
-    parts = wd.split("/")
-    if not wd.startswith("/") or "." in parts or ".." in parts or bad_char(wd):
+    # As systemd's path_is_normalized(): no "." or ".." and no "//" (a trailing "/" is
+    # fine); it refused "/../../../etc" at start, with a misleading error.
+    parts = wd.rstrip("/").split("/")[1:]
+    if not wd.startswith("/") or "//" in wd or {".", ".."} & set(parts) or bad_char(wd):
         raise InvalidError(
             f"app {app}: working directory {wd!r} is not a normalized absolute path",
             hint="give it without '.' and '..' and control characters, such as /srv/app",
