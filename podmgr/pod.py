@@ -141,17 +141,27 @@ def _check_overlaps(app: str, targets: Sequence[str]) -> None:
             )
 
 
+#: The largest --pod-manifest podmgr reads; the limit of an image's manifest.
+MAX_POD_MANIFEST = 1 << 20
+
+
 def build_manifest(spec: PodSpec, images: Images) -> tuple[Any, dict[str, Any]]:
     """The reified pod manifest for a spec, and the image manifests by image ID."""
     from podmgr.schema import parse_pod_manifest
 
     if spec.pod_manifest is not None:
         try:
-            raw = spec.pod_manifest.read_bytes()
+            # Bounded, as an image's manifest is: /dev/zero is no manifest.
+            with open(spec.pod_manifest, "rb") as f:
+                raw = f.read(MAX_POD_MANIFEST + 1)
         except OSError as e:
             raise UsageError(
                 f"cannot read pod manifest {spec.pod_manifest}: {e.strerror}"
             ) from None
+        if len(raw) > MAX_POD_MANIFEST:
+            raise InvalidError(
+                f"pod manifest {spec.pod_manifest} is larger than {MAX_POD_MANIFEST} bytes"
+            )
         given = parse_pod_manifest(raw, template=True)
         refs = [a.image.id or a.image.name or "" for a in given.apps]
         ids = images.fetch(refs)
@@ -229,15 +239,19 @@ def _check_id(where: str, what: str, value: int) -> None:
         )
 
 
-def _check_working_dir(app: str, wd: str) -> None:
+def _check_path(app: str, what: str, path: str) -> None:
     # As systemd's path_is_normalized(): no "." or ".." and no "//" (a trailing "/" is
     # fine); it refused "/../../../etc" at start, with a misleading error.
-    parts = wd.rstrip("/").split("/")[1:]
-    if not wd.startswith("/") or "//" in wd or {".", ".."} & set(parts) or bad_char(wd):
+    parts = path.rstrip("/").split("/")[1:]
+    if not path.startswith("/") or "//" in path or {".", ".."} & set(parts) or bad_char(path):
         raise InvalidError(
-            f"app {app}: working directory {wd!r} is not a normalized absolute path",
+            f"app {app}: {what} {path!r} is not a normalized absolute path",
             hint="give it without '.' and '..' and control characters, such as /srv/app",
         )
+
+
+def _check_working_dir(app: str, wd: str) -> None:
+    _check_path(app, "working directory", wd)
 
 
 def _check_hands_on(app: str, exec_: Sequence[str], env: Mapping[str, str]) -> None:
@@ -374,6 +388,7 @@ def _prepare_in(
             if m.volume not in volumes:
                 raise InvalidError(f"app {app.name}: mount names unknown volume {m.volume!r}")
             src, ro, rec = volumes[m.volume]
+            _check_path(app.name, "mount target", m.path)
             target = rootfs.ensure_mount_target(lower, upper, m.path)
             mp_ro = any(p.read_only for p in a.mount_points if p.path == m.path)
             binds.append((src, target, ro or mp_ro, rec))

@@ -10,6 +10,7 @@ garbage? which boot?) and from systemd (are any of its app units still running?)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -350,8 +351,18 @@ def parse_duration(text: str) -> timedelta:
     t = text.strip()
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if t and t[-1] in scale:
-            return timedelta(seconds=float(t[:-1]) * scale[t[-1]])
-        return timedelta(seconds=float(t))
+        seconds = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
     except ValueError:
-        raise UsageError(f"invalid duration {text!r}", hint="use e.g. 90s, 30m, 24h, 2d") from None
+        seconds = math.nan
+    # No infinity, NaN or negative time; nor more than timedelta, time.sleep() and a
+    # thread's wait hold (they overflowed: "Python int too large to convert to C int").
+    if not 0 <= seconds <= MAX_DURATION:
+        raise UsageError(
+            f"invalid duration {text!r}",
+            hint=f"use e.g. 90s, 30m, 24h, 2d; at most {MAX_DURATION // 86400}d",
+        )
+    return timedelta(seconds=seconds)
+
+
+#: Ten years: longer than any wait or grace period means, within what every clock holds.
+MAX_DURATION = 10 * 366 * 86400

@@ -397,9 +397,13 @@ def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
 
     if uuid_file is not None:
         try:
-            ref = uuid_file.read_text().strip()
+            # A UUID and a newline; a read of more (/dev/zero) would never end.
+            with open(uuid_file, "rb") as f:
+                ref = f.read(256).decode("utf-8").strip()
         except OSError as e:
             raise click.UsageError(f"--uuid-file {uuid_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.UsageError(f"--uuid-file {uuid_file}: not a pod UUID") from None
     if not ref:
         raise click.UsageError("give a pod UUID (or --uuid-file)")
     return podlist.find(ctx.dir, ref)
@@ -548,6 +552,12 @@ def logs(
 
     u = _uuid(ctx, uuid, uuid_file)
     record = podstate.load(podstate.pod_dir(ctx.dir, u))
+    if app is not None and app not in [a.name for a in record.apps]:
+        from podmgr.errors import NotFoundError
+
+        raise NotFoundError(f"pod {u} has no app {app!r}", hint=f"podmgr status {u} lists its apps")
+    if lines is not None and lines < 0:
+        raise click.UsageError("--lines takes a number of lines, 0 or more")
     from podmgr.fastpath import emitter
 
     out = emitter(len(record.apps) > 1 and app is None)

@@ -249,3 +249,39 @@ def test_list_and_image_list_as_a_user_are_one_clear_error(pm: Podmgr) -> None:
             assert p.stdout == ""
     finally:
         os.chmod("/root", mode)
+
+
+def test_other_options_of_the_same_kind(pm: Podmgr, tmp_path: Path) -> None:
+    """Found while there: files read without a bound, paths not normalized, durations
+    that overflowed, an app name nobody checked."""
+    (tmp_path / "latin1").write_bytes(b"\xff\xfe")
+    uuid = pm("prepare", "--net=host", APP).stdout.strip()
+    vol = ["--volume", "v,kind=host,source=/tmp"]
+    cases = [
+        (["status", "--uuid-file", str(tmp_path / "latin1")], ExitCode.USAGE, "not a pod UUID"),
+        (["status", "--uuid-file", "/dev/zero"], ExitCode.NOT_FOUND, "no pod matches"),
+        (["prepare", "--pod-manifest", "/dev/zero"], ExitCode.INVALID, "larger than 1048576"),
+        (
+            ["prepare", "--net=host", *vol, APP, "--mount", "volume=v,target=/../../etc"],
+            ExitCode.INVALID,
+            "mount target '/../../etc' is not a normalized absolute path",
+        ),
+        (
+            ["prepare", "--net=host", *vol, APP, "--mount", "volume=v,target=/a\nb"],
+            ExitCode.INVALID,
+            "is not a normalized absolute path",
+        ),
+        (["gc", "--grace-period", "99999999999999999999d"], ExitCode.USAGE, "invalid duration"),
+        (["gc", "--expire-prepared", "1e400s"], ExitCode.USAGE, "invalid duration"),
+        (["gc", "--grace-period", "-1s"], ExitCode.USAGE, "invalid duration"),
+        (["status", "--wait=99999999999999999999s", uuid], ExitCode.USAGE, "invalid duration"),
+        (["logs", "--app", "../x", uuid], ExitCode.NOT_FOUND, "has no app '../x'"),
+        (["logs", "-n", "-5", uuid], ExitCode.USAGE, "--lines takes a number"),
+    ]
+    for args, code, message in cases:
+        before = pods(pm)
+        p = pm(*args, check=False, timeout=30)
+        assert (p.returncode, message in p.stderr) == (code, True), (args, p.stderr)
+        assert "internal error" not in p.stderr
+        assert pods(pm) == before
+    pm("rm", uuid)
