@@ -144,7 +144,8 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
         yield start, " ".join(p.strip() for p in buf).strip()
 
 
-_KEY = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+# systemd's keys, and its X- extensions (X-Foo-Bar=) in [Unit], [Service] and [Install].
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # C0 and C1 controls, DEL, and Unicode's line and paragraph separators: systemd ends a
 # line at some of them (a NUL let a value inject ExecStart= into the unit), and none
 # has a place in a value. Tab is whitespace; "\r" only ends a line (CRLF files).
@@ -209,7 +210,7 @@ def parse(text: str) -> PodFile:
             raise PodFileError(n, "assignment outside of any section")
         key, value = (p.strip() for p in line.split("=", 1))
         if not _KEY.fullmatch(key):
-            raise PodFileError(n, "expected KEY=VALUE, with a key of letters and digits")
+            raise PodFileError(n, "expected KEY=VALUE, with a key of letters, digits, - and _")
         if current.name in ("Pod", "App"):
             keys = POD_KEYS if current.name == "Pod" else APP_KEYS
             if key not in keys:

@@ -251,6 +251,11 @@ def test_crlf_files_are_read(tmp_path: Path) -> None:
     assert pf.apps[0].values("Image") == ["x"]
 
 
+def test_x_keys_pass_through() -> None:
+    pf = g.parse("[Unit]\nX-Team=web\n[App a]\nImage=x\n")
+    assert pf.passthrough["Unit"] == ["X-Team=web"]
+
+
 def test_only_regular_files_are_read_and_one_bad_file_costs_only_its_unit(
     tmp_path: Path,
 ) -> None:
