@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from podmgr import __version__, logger, names, sdnotify
 from podmgr.errors import (
+    ROOT_HINT,
     ConflictError,
     Interrupted,
     InvalidError,
     NotFoundError,
+    PermissionDenied,
     PodmgrError,
     SystemdError,
     UsageError,
@@ -106,6 +108,10 @@ def load_record(pdir: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((pdir / "pod.json").read_bytes())
     except FileNotFoundError:
         raise NotFoundError(f"pod {pdir.name} not found") from None
+    except PermissionError:
+        raise PermissionDenied(
+            f"cannot read pod {pdir.name}: permission denied", hint=ROOT_HINT
+        ) from None
     except ValueError as e:
         raise InvalidError(f"pod {pdir.name}: pod.json is corrupt: {e}") from None
     if data.get("version", 0) > POD_RECORD_VERSION:
@@ -237,15 +243,33 @@ def start(
 
             with systemd.connect(bus) as own:
                 _start_units(own, uuid, apps, batch, queued, followed=False)
-    except BaseException:
+    except BaseException as e:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
         unmount_roots(roots)
         if not host:
             try:
                 network.teardown(pdir, uuid)
-            except PodmgrError as e:
-                log.warning("%s", e.message)
+            except PodmgrError as e2:
+                log.warning("%s", e2.message)
+        _record_start_error(pdir, record, e)
         raise
+
+
+def _record_start_error(pdir: Path, record: dict[str, Any], e: BaseException) -> None:
+    """Say in pod.json why the start failed: ``list`` and ``status`` show the pod as
+    failed, with this, not as exited with no exit code. (``podmgr start`` then removes
+    the pod; ``run`` and ``run-prepared`` leave it for the user to see, and gc.)"""
+    if isinstance(e, PodmgrError):
+        why = e.message
+    elif isinstance(e, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = f"{type(e).__name__}: {e}"
+    record["start_error"] = why
+    try:
+        atomic_write(pdir / "pod.json", json.dumps(record, indent=1))
+    except OSError as err:  # a full disk, often enough the very cause
+        log.warning("pod %s: cannot record its failed start: %s", pdir.name, err.strerror)
 
 
 def _attached_hooks(

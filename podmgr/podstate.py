@@ -78,6 +78,8 @@ class PodRecord(_Record):
     started: datetime | None = None
     boot_id: str | None = None
     stopping: bool = False
+    #: Why the pod's start failed (podmgr.launch): the pod is "failed", not "exited".
+    start_error: str | None = None
     garbage: datetime | None = None
     exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
     net: NetMode = NetMode.HOST
