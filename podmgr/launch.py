@@ -393,8 +393,15 @@ def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> 
 
 
 def _register_leader(sd: Any, uuid: str, lead: Mapping[str, Any], pid: int, *, wait: bool) -> None:
+    from podmgr.hook import app_process
     from podmgr.systemd import BusError
 
+    # The app's own process, in its namespaces (machinectl shell, login), not
+    # podmgr-exec's, its parent; which forks it as systemd's start job ends.
+    deadline = time.monotonic() + 0.5
+    while pid and not (app := app_process(pid)) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    pid = app if pid else 0
     if not pid:
         return  # ended already
     machine = names.machine_name(uuid)

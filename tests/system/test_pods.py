@@ -16,6 +16,7 @@ from podfix import Podmgr, build_image, host_state, sh, until
 
 from podmgr.errors import ExitCode
 from podmgr.execshim import TARGET as SHIM
+from podmgr.hook import app_process
 
 INSECURE = "--insecure-options=image"
 
@@ -401,7 +402,8 @@ def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
         until(lambda: name in sh("machinectl", "list", "--no-legend").stdout, "machine")
         leader = sh("machinectl", "show", "-p", "Leader", "--value", name).stdout.strip()
         main = sh("systemctl", "show", "-p", "MainPID", "--value", units[0]).stdout.strip()
-        assert leader == main, (leader, main)
+        # The app's own process, podmgr-exec's child, in the app's namespaces.
+        assert int(leader) == app_process(int(main)) != int(main), (leader, main)
     finally:
         run.kill()
         run.wait()
