@@ -16,6 +16,8 @@ Standard library only: this is on the start path.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from podmgr.errors import NotFoundError
 
@@ -40,3 +42,29 @@ def path() -> str:
         f"{NAME} is missing (looked in {', '.join(_CANDIDATES)})",
         hint="build it with `make shim` in podmgr's source, or reinstall the package",
     )
+
+
+#: The first systemd whose units can have a PID namespace of their own (PrivatePIDs=).
+PRIVATE_PIDS_VERSION = 257
+
+
+def with_private_pids(props: Mapping[str, Any]) -> dict[str, Any]:
+    """A unit's properties for a systemd that makes its commands' PID namespaces itself
+    (:data:`PRIVATE_PIDS_VERSION`): ``PrivatePIDs=`` and a /proc that hides what the app
+    may not see of it (``ProtectProc=invisible``), with podmgr-exec executing the command
+    in place (no ``-P``: no fork, so no process beside the app). Other units as given."""
+    out = dict(props)
+    changed = False
+    for key in ("ExecStartEx", "ExecStartPreEx", "ExecStopPostEx"):
+        lines = []
+        for path, argv, flags in out.get(key, ()):
+            if path == TARGET and "-P" in argv[: argv.index("--")]:
+                argv = [a for i, a in enumerate(argv) if not (a == "-P" and i < argv.index("--"))]
+                changed = True
+            lines.append((path, argv, flags))
+        if lines:
+            out[key] = lines
+    if changed:
+        out["PrivatePIDs"] = True
+        out["ProtectProc"] = "invisible"
+    return out

@@ -338,8 +338,14 @@ def _start_units(
     # A Type=exec service whose process exits at once with a failure may fail its start
     # job although it ran: systemd saw the exit before the exec (1 run in 60 of
     # `sh -c "exit 3"`). Unfollowed, the start fails only if the app did not run.
+    from podmgr.execshim import PRIVATE_PIDS_VERSION, with_private_pids
     from podmgr.systemd import JobFailedError
 
+    if sd.manager_version() >= PRIVATE_PIDS_VERSION:
+        batch = [
+            (n, with_private_pids(p), [(an, with_private_pids(ap)) for an, ap in x])
+            for n, p, x in batch
+        ]
     try:
         results = sd.start_transient_units(batch, queued=queued, tolerate=[a["unit"] for a in apps])
         for r in results:

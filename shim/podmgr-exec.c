@@ -21,6 +21,9 @@
  *            the parent of the command in the same way: a process orphaned inside the
  *            app's PID namespace would be reaped by the app;
  *   -w DIR   changes to DIR after joining;
+ *   without -P or -J (systemd made the PID namespace: PrivatePIDs=), the -R and -I paths
+ *            and the notify socket are seen to on the /proc systemd mounted, and the
+ *            app is executed in place: no process beside it;
  *
  * then drops to the app's credentials: -G groups, -g GID, -u UID, the bounding set -c
  * MASK and, for a non-root user, the ambient set -a MASK; -D syscalls that systemd's
@@ -164,6 +167,8 @@ static void deny_syscalls(long *nrs, size_t n, int err) {
         die(127, "installing the seccomp filter", NULL);
 }
 
+static void protect_proc(char **ro, size_t nro, char **hide, size_t nhide);
+
 static void remount_proc(char **ro, size_t nro, char **hide, size_t nhide) {
     /* The /proc systemd mounted shows the host's PID namespace: replace it, with its
      * read-only submounts, by one of this namespace. Our mount namespace is a slave, so
@@ -174,6 +179,11 @@ static void remount_proc(char **ro, size_t nro, char **hide, size_t nhide) {
         die(127, "unmounting", "/proc");
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible") < 0)
         die(127, "mounting", "/proc");
+    protect_proc(ro, nro, hide, nhide);
+}
+
+/* The kernel's writable interfaces in /proc read-only, its secrets empty. */
+static void protect_proc(char **ro, size_t nro, char **hide, size_t nhide) {
     for (size_t i = 0; i < nro; i++) {
         if (mount(ro[i], ro[i], NULL, MS_BIND | MS_REC, NULL) < 0) {
             if (errno == ENOENT)
@@ -402,6 +412,18 @@ static void exec_app(const struct config *c) {
     die(errno == ENOENT ? 127 : 126, "executing", c->cmd[0]);
 }
 
+/* Socket activation: systemd passed the fds to its main process, this one's parent;
+ * they are the app's (sd_listen_fds checks LISTEN_PID against its own PID). */
+static void adopt_listen_fds(pid_t parent) {
+    const char *v = getenv("LISTEN_PID");
+    char *end;
+    if (!v || strtol(v, &end, 10) != parent || *end)
+        return;
+    char mine[16];
+    snprintf(mine, sizeof mine, "%d", (int)getpid());
+    setenv("LISTEN_PID", mine, 1);
+}
+
 /* Where systemd takes notifications: out of reach of an app that sends none, so that
  * nothing in the app can talk to systemd as the service. */
 static void hide_notify_socket(void) {
@@ -427,11 +449,13 @@ int main(int argc, char **argv) {
         if (unshare(CLONE_NEWPID) < 0)
             die(127, "making a PID namespace", NULL);
         forward_signals();
+        pid_t parent = getpid();
         pid_t pid = fork();
         if (pid < 0)
             die(127, "fork", NULL);
         if (pid > 0)
             wait_and_exit(pid);
+        adopt_listen_fds(parent);
         /* Should this process be killed, its app goes with it. */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
             die(127, "PR_SET_PDEATHSIG", NULL);
@@ -442,7 +466,12 @@ int main(int argc, char **argv) {
         remount_proc(c.ro, c.nro, c.hide, c.nhide);
         if (!c.notify)
             hide_notify_socket();
-    } else if (c.join > 0) {
+    } else if (c.join == 0) {
+        /* systemd made the PID namespace and its /proc (PrivatePIDs=, systemd 257). */
+        protect_proc(c.ro, c.nro, c.hide, c.nhide);
+        if (!c.notify)
+            hide_notify_socket();
+    } else {
         forward_signals();
         pid_t pid = fork();
         if (pid < 0)
