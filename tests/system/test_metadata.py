@@ -1,6 +1,11 @@
 """The appc metadata service, socket-activated by podmgr-metadata.socket in the box, and
 asked from inside apps with busybox wget, as an app would; and from the host side with
-raw paths, as an attacker holding one pod's token would."""
+raw paths, as an attacker holding one pod's token would.
+
+The pods' state is /var/lib/podmgr, the package's, because the service's unit shows it
+only that (BindReadOnlyPaths=): the box's /var/lib is its own, and no other test uses
+the default state directory.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import UNITS, Podmgr, build_image, sh
+from podfix import INSTALLED, REPO, UNITS, Podmgr, build_image, sh, until
 
 INSECURE = "--insecure-options=image"
 ETC = Path("/etc/systemd/system")
@@ -55,23 +60,35 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True)
 
 
+STATE = Path("/var/lib/podmgr")
+
+
 @pytest.fixture(scope="module")
-def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
-    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
+def pm() -> Iterator[Podmgr]:
+    # A tmpfs, as /tmp is: the box's /var is on an overlay, where a pod's overlay
+    # cannot have its upper layer.
+    STATE.mkdir(mode=0o700, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", "mode=0700", "podmgr-state", str(STATE))
+    yield Podmgr(STATE)
+    sh("umount", "--lazy", str(STATE))
 
 
 @pytest.fixture(scope="module")
 def service(pm: Podmgr) -> Iterator[None]:
-    """podmgr-metadata.socket and .service from units/, serving the tests' state dir."""
+    """podmgr-metadata.socket and .service from units/, as installed, serving
+    /var/lib/podmgr; the service runs the checkout's podmgr unless under deb-test."""
     for name in (SOCKET, SERVICE):
         (ETC / name).write_text((UNITS / name).read_text())
     drop_in = ETC / f"{SERVICE}.d"
     drop_in.mkdir(exist_ok=True)
-    # The checkout's Python may be under /root and the tests' state is under /tmp.
-    (drop_in / "test.conf").write_text(
-        "[Service]\nProtectHome=no\nPrivateTmp=no\nExecStart=\n"
-        f"ExecStart={sys.executable} -m podmgr --dir {pm.state} metadata-service\n"
-    )
+    if not INSTALLED:
+        # The checkout's podmgr, with the system's Python: the service's user may not
+        # reach a Python under /root (pyenv), and its path needs the standard library
+        # only (no click, no pydantic), which this checks too.
+        (drop_in / "test.conf").write_text(
+            f"[Service]\nEnvironment=PYTHONPATH={REPO}\nExecStart=\n"
+            "ExecStart=/usr/bin/python3 -m podmgr metadata-service\n"
+        )
     run("systemctl", "daemon-reload")
     p = run("systemctl", "start", SOCKET)
     assert p.returncode == 0, p.stderr
