@@ -213,8 +213,8 @@ def start(
         batch = _without_net_unit(batch, uuid)
     from podmgr import metadata
 
-    # Decided now, not at prepare: whether the metadata service is there (and, if it is,
-    # its start while the pod's begins).
+    # Decided now, not at prepare: whether the metadata service is there; asking also
+    # has it started, if it was not, before the apps' first requests.
     batch = metadata.unadvertised(batch)
     userdb.ensure(
         [a["uid"] for a in apps],

@@ -109,18 +109,22 @@ URL_VAR = "AC_METADATA_URL"
 Units = list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]]
 
 
-def serving(timeout: float = 0.5) -> bool:
-    """Whether something accepts connections where podmgr-metadata.socket listens.
+def serving(timeout: float = 2.0) -> bool:
+    """Whether the service answers where podmgr-metadata.socket listens.
 
-    Connecting also starts the socket-activated service now, as the pod's units start,
-    rather than at its app's first request: the connection, closed at once, costs the
-    service nothing. (On loopback for every pod: the socket's gateway address may not
-    be up yet, and the two are one unit's.)"""
+    The question is an HTTP request (for ``/``, which is not found), and the answer is
+    waited for: a running service gives it in well under a millisecond, and a stopped
+    one is started by the socket for it, so that it is ready before the pod's apps
+    start and their first request is answered at once (docs/metadata.md, cold start).
+    Nothing listening, or a service that fails, is no service. Past ``timeout`` the
+    service is taken to be there but slow. (On loopback for every pod: the socket's
+    gateway address may not be up yet, and both are one socket unit's.)"""
     try:
-        with socket.create_connection(("127.0.0.1", PORT), timeout=timeout):
-            return True
+        with socket.create_connection(("127.0.0.1", PORT), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(1) == b"H"
     except TimeoutError:
-        return True  # a full backlog: there, if busy
+        return True
     except OSError:
         return False
 
@@ -597,7 +601,7 @@ class Server:
         workers: int = WORKERS,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        import queue
+        import collections
         import selectors
 
         self.socks = list(socks)
@@ -605,8 +609,11 @@ class Server:
         self.max_connections = max_connections
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
-        self.jobs: queue.SimpleQueue[tuple[_Conn, Request] | None] = queue.SimpleQueue()
-        self.done: queue.SimpleQueue[tuple[_Conn, bytes, bool]] = queue.SimpleQueue()
+        # deques (thread-safe for append and popleft) and a semaphore, not queue, whose
+        # import would be the service's start-up's.
+        self.jobs: collections.deque[tuple[_Conn, Request] | None] = collections.deque()
+        self.pending = threading.Semaphore(0)
+        self.done: collections.deque[tuple[_Conn, bytes, bool]] = collections.deque()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.last_activity = time.monotonic()
         for s in self.socks:
@@ -626,8 +633,16 @@ class Server:
 
     # -- workers (any thread but the loop's) --
 
+    def _put(self, job: tuple[_Conn, Request] | None) -> None:
+        self.jobs.append(job)
+        self.pending.release()
+
     def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while True:
+            self.pending.acquire()
+            job = self.jobs.popleft()
+            if job is None:
+                return
             conn, req = job
             try:
                 resp = self.answer(req)
@@ -635,7 +650,8 @@ class Server:
                 log.exception("metadata request failed")
                 resp = Response(500, b"internal error\n")
             close = not req.keep_alive
-            self.done.put((conn, render(resp, head_only=req.method == "HEAD", close=close), close))
+            data = render(resp, head_only=req.method == "HEAD", close=close)
+            self.done.append((conn, data, close))
             with contextlib.suppress(BlockingIOError):
                 os.write(self.wake_w, b"x")
 
@@ -661,8 +677,8 @@ class Server:
                         self._write(conn)
                     elif ready & 1:
                         self._read(conn)
-            while not self.done.empty():
-                conn, data, close = self.done.get()
+            while self.done:
+                conn, data, close = self.done.popleft()
                 self._answer(conn, data, close)
             now = time.monotonic()
             for conn in [c for c in self.conns.values() if not c.busy and c.deadline <= now]:
@@ -750,7 +766,7 @@ class Server:
             return
         conn.busy = True
         self._watch(conn, 0)
-        self.jobs.put((conn, req))
+        self._put((conn, req))
 
     def _answer(self, conn: _Conn, data: bytes, close: bool) -> None:
         conn.busy = False
@@ -789,7 +805,7 @@ class Server:
 
     def close(self) -> None:
         for _ in self.threads:
-            self.jobs.put(None)
+            self._put(None)
         for t in self.threads:
             t.join(timeout=5)
         for conn in list(self.conns.values()):
@@ -899,7 +915,7 @@ def main(argv: Sequence[str]) -> int | None:
 
     state = os.environ.get(names.DIR_ENV) or names.STATE_DIR
     listen: list[str] = []
-    idle = "5m"
+    idle = "0"
     debug = command = False
     args = list(argv)
     while args:

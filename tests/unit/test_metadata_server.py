@@ -283,13 +283,28 @@ def test_no_url_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out[1][1]["Type"] == "exec"
 
 
-def test_the_url_stays_when_the_socket_listens(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as lsock:
-        port = lsock.getsockname()[1]
+def test_the_url_stays_when_the_service_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serving() as (_, port):
         monkeypatch.setattr(metadata, "PORT", port)
         monkeypatch.setattr(metadata, "DEFAULT_BASE", f"http://127.0.0.1:{port}")
         url = f"{metadata.URL_VAR}=http://172.31.0.1:{port}/tok"
         assert metadata.unadvertised(batch(url)) == batch(url)
+
+
+def test_a_listener_that_does_not_answer_is_no_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a socket whose service fails to start: systemd closes the connections."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        port = lsock.getsockname()[1]
+
+        def refuse() -> None:
+            conn, _ = lsock.accept()
+            conn.close()
+
+        t = threading.Thread(target=refuse)
+        t.start()
+        monkeypatch.setattr(metadata, "PORT", port)
+        assert not metadata.serving()
+        t.join()
 
 
 def test_an_administrators_url_stays(monkeypatch: pytest.MonkeyPatch) -> None:
