@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from podmgr import logger
-from podmgr.errors import InvalidError, UsageError
+from podmgr.errors import InvalidError, PodmgrError, UsageError
 from podmgr.options import NetMode
 from podmgr.tokens import KEY_BYTES, ensure_key, is_token, key_path, tokens_dir
 
@@ -301,6 +301,7 @@ class Response(NamedTuple):
 
 
 NOT_FOUND = Response(404, b"not found\n")
+FAILED = Response(500, b"the metadata service failed; its journal says why\n")
 
 
 def _json(value: Any) -> Response:
@@ -646,9 +647,13 @@ class Server:
             conn, req = job
             try:
                 resp = self.answer(req)
+            except PodmgrError as e:
+                # One line for the journal (a missing key, say), and no detail to a client.
+                log.error("metadata request failed: %s", e.message)
+                resp = FAILED
             except Exception:
                 log.exception("metadata request failed")
-                resp = Response(500, b"internal error\n")
+                resp = FAILED
             close = not req.keep_alive
             data = render(resp, head_only=req.method == "HEAD", close=close)
             self.done.append((conn, data, close))

@@ -490,8 +490,9 @@ def test_a_root_app_cannot_reach_the_service_through_proc(
     )
     assert p.returncode == 0, p.stderr
     uuid = (tmp_path / "uuid").read_text().strip()
-    # Today apps share the host's PID namespace, so the service's PID is visible: what
-    # refuses the app is the service's own user and dumpability, not that it is hidden.
+    # While apps shared the host's PID namespace the service's PID was visible here, and
+    # what refused the app was the service's user and dumpability; with apps' own PID
+    # namespaces it is hidden as well, and the next test keeps the first point.
     visible = (out / "visible.rc").read_text().strip() == "0"
     print(f"the service's /proc/{pid} is visible from the app: {visible}")
     for name in ("shadow", "environ", "root", "cwd"):
