@@ -100,6 +100,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
     gc.set_threshold(100_000, 50, 100)
     args = sys.argv[1:] if argv is None else list(argv)
 
+    # The metadata service goes without click too: it is socket-activated, and its
+    # start-up is what an app's first request waits for.
+    if "metadata-service" in args:
+        from podmgr import metadata
+
+        try:
+            code = metadata.main(args)
+        except BaseException as e:
+            _failed(e, "--debug" in args)
+        if code is not None:
+            sys.exit(code)
+
     # A run or start seen before goes without click (podmgr.fastpath).
     from podmgr import fastpath
 

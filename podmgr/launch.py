@@ -211,6 +211,11 @@ def start(
     if attached is not None:
         batch = _attached_hooks(batch, pdir, apps, attached)
         batch = _without_net_unit(batch, uuid)
+    from podmgr import metadata
+
+    # Decided now, not at prepare: whether the metadata service is there; asking also
+    # has it started, if it was not, before the apps' first requests.
+    batch = metadata.unadvertised(batch)
     userdb.ensure(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],

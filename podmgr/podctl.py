@@ -314,6 +314,11 @@ def gc(
     bus: str | None = None,
 ) -> GcResult:
     require_root("garbage-collecting pods")
+    from podmgr import metadata
+
+    # gc runs as root beside pods (podmgr-gc.service): no pod's app may reach it through
+    # /proc/<pid>, whatever capabilities the app was given.
+    metadata.make_nondumpable()
     now = podstate.now()
     removed, marked = [], []
     for record, st in list_pods(state, bus=bus):
@@ -339,7 +344,7 @@ def gc(
                 age = now.timestamp() - d.stat().st_mtime
                 if d.name.startswith(".rm-") or age > 3600:
                     shutil.rmtree(d, ignore_errors=True)
-    from podmgr import metadata, podtemplate
+    from podmgr import podtemplate
 
     metadata.sweep(state)
     podtemplate.sweep(state)
