@@ -65,6 +65,6 @@ def with_private_pids(props: Mapping[str, Any]) -> dict[str, Any]:
         if lines:
             out[key] = lines
     if changed:
-        out["PrivatePIDs"] = True
+        out["PrivatePIDs"] = "yes"
         out["ProtectProc"] = "invisible"
     return out

@@ -119,7 +119,7 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "RestrictRealtime": _B, "RestrictSUIDSGID": _B, "KeyringMode": _S,
     "ProtectSystem": _S, "ProtectHome": _S, "PrivateTmp": _B, "PrivateDevices": _B,
     "PrivateNetwork": _B, "PrivateIPC": _B, "PrivateUsers": _B, "PrivateMounts": _B,
-    "PrivatePIDs": _B,
+    "PrivatePIDs": _S,  # "yes"/"no" on the bus (systemd 257)
     "ProtectKernelTunables": _B, "ProtectKernelModules": _B, "ProtectKernelLogs": _B,
     "ProtectControlGroups": _B, "ProtectClock": _B, "ProtectHostname": _B,
     "ProtectProc": _S, "ProcSubset": _S, "MountAPIVFS": _B, "MountFlags": _T,
