@@ -41,6 +41,7 @@ APPLETS = [
         ]
     ),
     *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip", "httpd"]),
+    *(["nslookup"]),  # test_dns
 ]
 
 
