@@ -6,7 +6,7 @@ that ``podmgr run`` parses its options without importing what it may not need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from podmgr.errors import UsageError
@@ -200,12 +200,13 @@ def check_names(names: Names) -> None:
 
 # ---- /etc/resolv.conf ---------------------------------------------------------------------
 
-#: The host's resolver configuration, and systemd-resolved's list of the servers its stub
-#: listener forwards to (module attributes: the tests point them elsewhere).
+#: The host's resolver configuration; systemd-resolved's list of the servers its stub
+#: listeners (127.0.0.53, and 127.0.0.54, the proxy-only one) forward to; and
+#: NetworkManager's, for its dnsmasq on 127.0.0.1 (module attributes: the tests point them
+#: elsewhere).
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
-#: resolved's stub listener and its proxy-only one: the names that say "read RESOLVED_UPSTREAM".
-RESOLVED_STUBS = ("127.0.0.53", "127.0.0.54")
+NM_UPSTREAM = "/run/NetworkManager/no-stub-resolv.conf"
 #: What podman (containers/common's resolvconf) falls back to when no nameserver a pod
 #: can reach remains: Google Public DNS.
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
@@ -240,24 +241,31 @@ def _parse_resolv(text: str) -> _Resolv:
     return out
 
 
-def names_resolved_stub(host: str) -> bool:
-    """Whether a resolv.conf names systemd-resolved's stub listener."""
-    return any(ns in RESOLVED_STUBS for ns in _parse_resolv(host).nameservers)
+def forwarders(host: str) -> dict[str, str]:
+    """The loopback nameservers of a host's resolv.conf whose upstream list is known, and
+    where: resolved's stub, and (as podman has it) 127.0.0.1 when it stands alone, which
+    is NetworkManager's dnsmasq."""
+    servers = _parse_resolv(host).nameservers
+    out = {ns: RESOLVED_UPSTREAM for ns in servers if ns in ("127.0.0.53", "127.0.0.54")}
+    if servers == ["127.0.0.1"]:
+        out["127.0.0.1"] = NM_UPSTREAM
+    return out
 
 
 def compose_resolv_conf(
-    names: Names, host: str | None, upstream: str | None, *, net: str
+    names: Names, host: str | None, upstreams: Mapping[str, str], *, net: str
 ) -> str | None:
     """A pod's /etc/resolv.conf, or None to leave the image's.
 
-    ``host`` is the host's /etc/resolv.conf, ``upstream`` systemd-resolved's upstream list
-    (None: absent); ``net`` the pod's --net mode (host, none or cni). A pod with a network
-    of its own (cni) gets one by default; ``--dns=host`` or ``--dns-search``/``--dns-opt``
-    alone give one on any network. From the host's file, in a pod's own network namespace,
-    a loopback nameserver (which the pod cannot reach) is dropped, resolved's stub in favour
-    of resolved's upstream servers; with none left, podman's fallback. ``--dns IP`` gives
-    the nameservers, ``--dns-search`` the search list (``.``: none), ``--dns-opt`` the
-    options, each replacing the host's."""
+    ``host`` is the host's /etc/resolv.conf (None: absent), ``upstreams`` the upstream lists
+    of its local forwarders (:func:`forwarders`: resolved's upstream resolv.conf for
+    127.0.0.53), by nameserver; ``net`` the pod's --net mode (host, none or cni). A pod
+    with a network of its own (cni) gets one by default; ``--dns=host`` or
+    ``--dns-search``/``--dns-opt`` alone give one on any network. From the host's file, in
+    a pod's own network namespace, a loopback nameserver (which the pod cannot reach) is
+    replaced by its forwarder's upstream servers, or dropped; with none left, podman's
+    fallback. ``--dns IP`` gives the nameservers, ``--dns-search`` the search list (``.``:
+    none), ``--dns-opt`` the options, each replacing the host's."""
     dns = names.dns
     if "none" in dns:
         return None
@@ -271,9 +279,9 @@ def compose_resolv_conf(
         if net != "host":
             servers: list[str] = []
             for ns in base.nameservers:
-                if ns in RESOLVED_STUBS and upstream is not None:
+                if ns in upstreams:
                     servers += [
-                        u for u in _parse_resolv(upstream).nameservers if not is_loopback(u)
+                        u for u in _parse_resolv(upstreams[ns]).nameservers if not is_loopback(u)
                     ]
                 elif not is_loopback(ns):
                     servers.append(ns)
@@ -301,9 +309,12 @@ def _read(path: str) -> str | None:
 
 def resolv_conf(names: Names, net: str) -> str | None:
     """:func:`compose_resolv_conf` with the host's files read, as far as it needs them."""
-    host = upstream = None
+    host, upstreams = None, {}
     if "none" not in names.dns and not any(d not in ("host", "none") for d in names.dns):
         host = _read(HOST_RESOLV_CONF)
-        if net != "host" and host is not None and names_resolved_stub(host):
-            upstream = _read(RESOLVED_UPSTREAM)
-    return compose_resolv_conf(names, host, upstream, net=net)
+        if net != "host" and host is not None:
+            for ns, path in forwarders(host).items():
+                text = _read(path)
+                if text is not None:
+                    upstreams[ns] = text
+    return compose_resolv_conf(names, host, upstreams, net=net)

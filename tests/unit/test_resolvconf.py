@@ -35,10 +35,17 @@ UPSTREAM = (
 )
 
 
+def upstreams(host: str | None, upstream: str | None) -> dict[str, str]:
+    """``upstream`` as the list of every local forwarder ``host`` names (resolv_conf's)."""
+    if upstream is None:
+        return {}
+    return {ns: upstream for ns in netspec.forwarders(host or "")}
+
+
 def compose(
     host: str | None, upstream: str | None = None, net: str = "cni", **kw: tuple[str, ...]
 ) -> str | None:
-    return compose_resolv_conf(Names(**kw), host, upstream, net=net)
+    return compose_resolv_conf(Names(**kw), host, upstreams(host, upstream), net=net)
 
 
 def test_the_resolved_stub_is_replaced_by_its_upstream_servers() -> None:
@@ -55,6 +62,16 @@ def test_in_place_and_in_order_without_duplicates() -> None:
     assert compose(host, UPSTREAM) == (
         "nameserver 10.0.0.1\nnameserver 192.0.2.1\nnameserver fd00::53\n"
     )
+
+
+def test_networkmanagers_dnsmasq_is_replaced_by_its_upstream_servers_as_podman_does() -> None:
+    """127.0.0.1 alone is NetworkManager's dnsmasq, whose list is no-stub-resolv.conf."""
+    assert netspec.forwarders("nameserver 127.0.0.1\n") == {"127.0.0.1": netspec.NM_UPSTREAM}
+    assert compose("nameserver 127.0.0.1\nsearch lan\n", "nameserver 192.0.2.9\n") == (
+        "nameserver 192.0.2.9\nsearch lan\n"
+    )
+    # Beside another server it is something else: dropped.
+    assert netspec.forwarders("nameserver 127.0.0.1\nnameserver 10.0.0.1\n") == {}
 
 
 def test_other_loopback_resolvers_are_dropped() -> None:
@@ -134,11 +151,18 @@ def test_resolv_conf_reads_the_upstream_list_only_for_the_stub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    nm = tmp_path / "no-stub-resolv.conf"
     monkeypatch.setattr(netspec, "HOST_RESOLV_CONF", str(host))
     monkeypatch.setattr(netspec, "RESOLVED_UPSTREAM", str(upstream))
+    monkeypatch.setattr(netspec, "NM_UPSTREAM", str(nm))
     upstream.write_text(UPSTREAM)
+    nm.write_text("nameserver 192.0.2.9\n")
     host.write_text(STUB)
     assert netspec.resolv_conf(Names(), "cni") == compose(STUB, UPSTREAM)
+    host.write_text("nameserver 127.0.0.1\n")
+    assert netspec.resolv_conf(Names(), "cni") == "nameserver 192.0.2.9\n"
+    nm.unlink()
+    assert netspec.resolv_conf(Names(), "cni") == "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
     host.write_text("nameserver 10.0.0.1\n")
     assert netspec.resolv_conf(Names(), "cni") == "nameserver 10.0.0.1\n"
     host.unlink()
@@ -289,6 +313,7 @@ HOST_TEXT = st.one_of(
     st.text(max_size=200),
     LINES.map("\n".join),
     LINES.map(lambda ls: "\n".join(["nameserver 127.0.0.53", *ls])),  # resolved's stub
+    st.just("nameserver 127.0.0.1\n"),  # NetworkManager's dnsmasq
 )
 LINE = re.compile(r"(nameserver|search|options)( \S+)+")
 PROPERTY = settings(
@@ -313,7 +338,7 @@ def test_no_accepted_input_puts_a_foreign_line_in_the_file(
 ) -> None:
     if not _accepted(names):
         return
-    text = compose_resolv_conf(names, host, upstream, net=net)
+    text = compose_resolv_conf(names, host, upstreams(host, upstream), net=net)
     if text is None:
         return
     assert text.endswith("\n") or text == ""
