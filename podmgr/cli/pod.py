@@ -235,7 +235,7 @@ def pod_options(f: Any) -> Any:
                 "--port", multiple=True, help="NAME:[HOSTIP:]HOSTPORT: map an app's port."
             ),
             click.option("--dns", multiple=True, help="A resolver's IP, host, or none."),
-            click.option("--dns-search", multiple=True, help="A search domain."),
+            click.option("--dns-search", multiple=True, help="A search domain (. for none)."),
             click.option("--dns-opt", multiple=True, help="A resolv.conf option."),
             click.option("--hosts-entry", multiple=True, help="IP=NAME for /etc/hosts, or host."),
             click.option("--hostname", help="The pod's name in /etc/hosts and $HOSTNAME."),
