@@ -230,10 +230,9 @@ def _check_value(n: int, section: str, key: str, kind: str, value: str, sec: Sec
     ):
         # Each becomes a line of the apps' resolv.conf or hosts; `podmgr run` refuses
         # them too (podmgr.netspec.check_names), but here the error names the file's line.
+        each = "" if key == "Hostname" else f" (one {key}= line each)"
         raise PodFileError(
-            n,
-            f"{key}={value!r}: expected one value without spaces or control characters "
-            f"(one {key}= line each)",
+            n, f"{key}={value!r}: expected one value without spaces or control characters{each}"
         )
 
 
