@@ -93,6 +93,8 @@ _CHOICES = {
     ("App", "Restart"): ("no", "on-failure", "always"),
 }
 PASSTHROUGH = ("Unit", "Service", "Install")
+#: [Pod] keys whose values become lines of the apps' /etc/resolv.conf or /etc/hosts.
+_LINE_KEYS = ("DNS", "DNSSearch", "DNSOption", "HostsEntry", "Hostname")
 
 
 class PodFileError(Exception):
@@ -254,6 +256,17 @@ def _check_value(n: int, section: str, key: str, kind: str, value: str, sec: Sec
         raise PodFileError(n, f"{key}=: expected one of {', '.join(choices)}")
     if key == "Image" and not value:
         raise PodFileError(n, "Image= is empty")
+    if (
+        section == "Pod"
+        and key in _LINE_KEYS
+        and (not value or any(c.isspace() or not c.isprintable() for c in value))
+    ):
+        # Each becomes a line of the apps' resolv.conf or hosts; `podmgr run` refuses
+        # them too (podmgr.netspec.check_names), but here the error names the file's line.
+        each = "" if key == "Hostname" else f" (one {key}= line each)"
+        raise PodFileError(
+            n, f"{key}={value!r}: expected one value without spaces or control characters{each}"
+        )
 
 
 def run_argv(pf: PodFile) -> list[str]:

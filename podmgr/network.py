@@ -63,6 +63,7 @@ from podmgr.netspec import NetRequest as NetRequest
 from podmgr.netspec import check_names as check_names
 from podmgr.netspec import parse_nets as parse_nets
 from podmgr.netspec import parse_port as parse_port
+from podmgr.netspec import resolv_conf as resolv_conf
 from podmgr.process import run, run_many
 
 log = logger.get(__name__)
@@ -677,47 +678,6 @@ def check(pdir: Path) -> list[str]:
 # ---- names: /etc/resolv.conf and /etc/hosts -------------------------------------------
 
 
-def _host_resolv_conf(private_net: bool) -> str:
-    text = Path("/etc/resolv.conf").read_text()
-    stub = any(
-        line.split()[1:2] and line.split()[1].startswith("127.")
-        for line in text.splitlines()
-        if line.startswith("nameserver")
-    )
-    if private_net and stub:
-        # A loopback resolver (systemd-resolved's stub) is not reachable from the pod's
-        # own network namespace; resolved's upstream list is.
-        with contextlib.suppress(OSError):
-            return Path("/run/systemd/resolve/resolv.conf").read_text()
-    return text
-
-
-def resolv_conf(names: Names, *, private_net: bool) -> str | None:
-    """The pod's /etc/resolv.conf, or None to leave the image's."""
-    if "none" in names.dns:
-        return None
-    if not names.dns or "host" in names.dns:
-        if not names.dns and not (names.dns_search or names.dns_opt):
-            return None
-        try:
-            base = _host_resolv_conf(private_net)
-        except OSError:
-            base = ""
-        lines = [
-            ln
-            for ln in base.splitlines()
-            if not (names.dns_search and ln.startswith(("search", "domain")))
-            and not (names.dns_opt and ln.startswith("options"))
-        ]
-    else:
-        lines = [f"nameserver {d}" for d in names.dns]
-    if names.dns_search:
-        lines.append("search " + " ".join(names.dns_search))
-    if names.dns_opt:
-        lines.append("options " + " ".join(names.dns_opt))
-    return "\n".join(lines) + "\n"
-
-
 def hosts_file(names: Names, image_hosts: str | None, hostname: str) -> str:
     if "host" in names.hosts_entries:
         try:
@@ -739,17 +699,18 @@ def hosts_file(names: Names, image_hosts: str | None, hostname: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_etc(lower: Path, upper: Path, names: Names, hostname: str, *, private_net: bool) -> None:
+def write_etc(lower: Path, upper: Path, names: Names, hostname: str, *, net: str) -> None:
     """Write /etc/resolv.conf and /etc/hosts into an app's upper layer (never the image's
     tree): /etc/hosts always when the image has none or names were given; resolv.conf
-    only when --dns/--dns-search/--dns-opt say so (``--dns=none``: the image's)."""
+    as :func:`resolv_conf` has it (``net``: the pod's --net mode; by default for a pod with
+    a network of its own, ``--dns=none``: the image's)."""
     from podmgr import rootfs
 
     hosts_path = rootfs.resolve(lower, "/etc/hosts")
     image_hosts = None
     with contextlib.suppress(OSError):
         image_hosts = hosts_path.read_text()
-    rc = resolv_conf(names, private_net=private_net)
+    rc = resolv_conf(names, net)
     want_hosts = image_hosts is None or bool(names.hosts_entries) or names.hostname is not None
     if not want_hosts and rc is None:
         return

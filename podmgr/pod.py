@@ -392,7 +392,7 @@ def _prepare_in(
             target = rootfs.ensure_mount_target(lower, upper, m.path)
             mp_ro = any(p.read_only for p in a.mount_points if p.path == m.path)
             binds.append((src, target, ro or mp_ro, rec))
-        network.write_etc(lower, upper, names, hostname, private_net=spec.net is not NetMode.HOST)
+        network.write_etc(lower, upper, names, hostname, net=spec.net.value)
         if names.hostname:
             env.setdefault("HOSTNAME", names.hostname)
         handlers = {h.name: tuple(h.exec) for h in a.event_handlers}

@@ -10,9 +10,9 @@ the machine and host name, paths) and its metadata token, plus its creation time
 So after a full prepare, a copy of the fresh pod directory is kept as a template in
 ``pods/.templates/<key>/``, where ``key`` names every option of the pod spec, the image
 IDs the references resolved to, the state directory's path, podmgr's version, location and
-interpreter, the host's resolv.conf and hosts when DNS or host options copy them, and the
-environment
-prepare reads (all of it with ``--inherit-env``). The next prepare with the same key
+interpreter, the resolv.conf prepare writes (which depends on the host's), the host's hosts
+when ``--hosts-entry=host`` copies it, and the environment prepare reads (all of it with
+``--inherit-env``). The next prepare with the same key
 resolves its image references in the store, copies the template (modes and owners
 kept) while replacing the template pod's identity by a new one in every file, re-checks
 what depends on the host (host volume sources), pins the images and registers the new
@@ -209,14 +209,14 @@ def _resolve(store: Store, lookups: Sequence[Sequence[Any]]) -> list[str] | None
     return ids
 
 
-#: Host files prepare copies into a pod when --dns/--dns-search/--dns-opt or
-#: --hosts-entry=host ask for them (podmgr.network.resolv_conf and hosts_file).
-_HOST_FILES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf", "/etc/hosts")
+#: Host files prepare copies into a pod when --hosts-entry=host asks for them
+#: (podmgr.network.hosts_file).
+_HOST_FILES = ("/etc/hosts",)
 
 
 def _host_files(spec: dict[str, Any]) -> dict[str, str | None]:
     names = spec.get("names") or {}
-    if not any(names.get(k) for k in ("dns", "dns_search", "dns_opt", "hosts_entries")):
+    if "host" not in (names.get("hosts_entries") or ()):
         return {}
     out: dict[str, str | None] = {}
     import hashlib
@@ -227,6 +227,24 @@ def _host_files(spec: dict[str, Any]) -> dict[str, str | None]:
         except OSError:
             out[f] = None
     return out
+
+
+def _resolv_conf(spec: dict[str, Any]) -> str | None:
+    """The /etc/resolv.conf prepare writes into the pod's apps, which depends on the
+    host's resolver files (netspec.resolv_conf reads them as far as it needs them): by
+    default for every pod with a network of its own. The text itself, not a digest of the
+    files: hashlib's import costs the start path 5 ms, and a few hundred bytes of key do
+    not."""
+    from podmgr import netspec
+
+    doc = spec.get("names") or {}
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in doc.items()
+        if k in netspec.Names._fields
+    }
+    names = netspec.Names(**fields)
+    return netspec.resolv_conf(names, str(spec.get("net") or "cni"))
 
 
 def _origin(package: str) -> str | None:
@@ -268,6 +286,7 @@ def _key(state: Path, spec: dict[str, Any], ids: Sequence[str]) -> _Key:
         if spec.get("inherit_env")
         else {k: os.environ.get(k) for k in _ENV_READ},
         "host_files": _host_files(spec),
+        "resolv_conf": _resolv_conf(spec),
     }
     text = json.dumps(doc, sort_keys=True, default=str)
     return _Key(checksum(text), text)

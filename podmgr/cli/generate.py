@@ -125,11 +125,22 @@ def unit(fmt: str, unit_name: str, wanted_by: tuple[str, ...], **kw: Any) -> Non
     Save the .pod file as /etc/podmgr/pods/NAME.pod and run `systemctl daemon-reload`:
     NAME.service then runs the pod (docs/pod-files.md)."""
     from podmgr import generator
+    from podmgr.netspec import Names, check_names
 
     segments = _split_apps(kw.pop("args"))
     if not segments and not kw.get("pod_manifest"):
         raise click.UsageError("no image given")
     kw.pop("uuid_file_save", None)  # the generated unit keeps its own
+    # As `podmgr run` would: a newline in one would also add a line to the .pod file.
+    check_names(
+        Names(
+            dns=tuple(kw["dns"]),
+            dns_search=tuple(kw["dns_search"]),
+            dns_opt=tuple(kw["dns_opt"]),
+            hosts_entries=tuple(kw["hosts_entry"]),
+            hostname=kw["hostname"],
+        )
+    )
     text = pod_file(kw, segments)
     if wanted_by:
         text += "\n[Install]\n" + "".join(f"WantedBy={t}\n" for t in wanted_by)

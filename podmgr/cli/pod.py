@@ -255,7 +255,7 @@ def pod_options(f: Any) -> Any:
                 "--port", multiple=True, help="NAME:[HOSTIP:]HOSTPORT: map an app's port."
             ),
             click.option("--dns", multiple=True, help="A resolver's IP, host, or none."),
-            click.option("--dns-search", multiple=True, help="A search domain."),
+            click.option("--dns-search", multiple=True, help="A search domain (. for none)."),
             click.option("--dns-opt", multiple=True, help="A resolv.conf option."),
             click.option("--hosts-entry", multiple=True, help="IP=NAME for /etc/hosts, or host."),
             click.option("--hostname", help="The pod's name in /etc/hosts and $HOSTNAME."),
@@ -279,11 +279,20 @@ _SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
 def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
-    from podmgr.netspec import Names, parse_nets, parse_port
+    from podmgr.netspec import Names, check_names, parse_nets, parse_port
     from podmgr.options import ExitPolicy, NetMode
     from podmgr.podspec import PodSpec
 
     net_mode, networks = parse_nets(kw["net"])
+    names = Names(
+        dns=tuple(kw["dns"]),
+        dns_search=tuple(kw["dns_search"]),
+        dns_opt=tuple(kw["dns_opt"]),
+        hosts_entries=tuple(kw["hosts_entry"]),
+        hostname=kw["hostname"],
+    )
+    # Before any image is fetched: these values become lines of the apps' files.
+    check_names(names)
     env: dict[str, str] = {}
     for f in kw["set_env_file"]:
         env.update(_env_file(f))
@@ -300,13 +309,7 @@ def _pod_spec(ctx: Ctx, kw: dict[str, Any]) -> Any:
         net=NetMode(net_mode),
         networks=networks,
         ports=[parse_port(v) for v in kw["port"]],
-        names=Names(
-            dns=tuple(kw["dns"]),
-            dns_search=tuple(kw["dns_search"]),
-            dns_opt=tuple(kw["dns_opt"]),
-            hosts_entries=tuple(kw["hosts_entry"]),
-            hostname=kw["hostname"],
-        ),
+        names=names,
         user_annotations=dict(_kv(a, "--user-annotation K") for a in kw["user_annotation"]),
         user_labels=dict(_kv(a, "--user-label K") for a in kw["user_label"]),
         pod_manifest=kw["pod_manifest"],

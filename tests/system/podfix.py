@@ -43,6 +43,7 @@ APPLETS = [
     *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip", "httpd"]),
     # Terminal tests (test_enter.py).
     *(["tty", "stty", "setsid"]),
+    *(["nslookup"]),  # test_dns
 ]
 
 

@@ -44,11 +44,11 @@ def test_parse_port() -> None:
 
 
 def test_resolv_conf() -> None:
-    assert network.resolv_conf(Names(), private_net=True) is None
-    assert network.resolv_conf(Names(dns=("none",)), private_net=True) is None
+    assert network.resolv_conf(Names(), "none") is None
+    assert network.resolv_conf(Names(dns=("none",)), "cni") is None
     text = network.resolv_conf(
         Names(dns=("10.0.0.1", "fd00::1"), dns_search=("a.example",), dns_opt=("ndots:2",)),
-        private_net=True,
+        "cni",
     )
     assert text == "nameserver 10.0.0.1\nnameserver fd00::1\nsearch a.example\noptions ndots:2\n"
 
@@ -88,7 +88,7 @@ def test_write_etc_goes_to_the_upper_layer(tmp_path: Path) -> None:
     (lower / "etc").mkdir(parents=True)
     (lower / "etc/hosts").write_text("127.0.0.1\tlocalhost\n")
     upper.mkdir()
-    network.write_etc(lower, upper, Names(dns=("10.0.0.1",)), "pod", private_net=True)
+    network.write_etc(lower, upper, Names(dns=("10.0.0.1",)), "pod", net="cni")
     assert (upper / "etc/resolv.conf").read_text() == "nameserver 10.0.0.1\n"
     assert not (upper / "etc/hosts").exists()  # the image has one and nothing was asked
     assert not (lower / "etc/resolv.conf").exists()

@@ -91,17 +91,31 @@ def test_templates_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_host_files_copied_into_the_pod_are_part_of_the_key(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from podmgr import netspec
     from podmgr.network import Names
+    from podmgr.options import NetMode
 
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 192.0.2.1\n")
-    monkeypatch.setattr(podtemplate, "_HOST_FILES", (str(resolv),))
-    plain = _k(S, SPEC, ["sha512-a"])
-    spec = dataclasses.replace(SPEC, names=Names(dns=("host",)))
-    key = _k(S, spec, ["sha512-a"])
-    resolv.write_text("nameserver 192.0.2.2\n")
-    assert _k(S, spec, ["sha512-a"]) != key
-    assert _k(S, SPEC, ["sha512-a"]) == plain  # not read without the options
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    monkeypatch.setattr(podtemplate, "_HOST_FILES", (str(hosts),))
+    resolv, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    resolv.write_text("nameserver 127.0.0.53\n")
+    upstream.write_text("nameserver 192.0.2.1\n")
+    monkeypatch.setattr(netspec, "HOST_RESOLV_CONF", str(resolv))
+    monkeypatch.setattr(netspec, "RESOLVED_UPSTREAM", str(upstream))
+    host_net = dataclasses.replace(SPEC, net=NetMode.HOST)
+    plain, on_host = _k(S, SPEC, ["sha512-a"]), _k(S, host_net, ["sha512-a"])
+    with_hosts = dataclasses.replace(SPEC, names=Names(hosts_entries=("host",)))
+    key = _k(S, with_hosts, ["sha512-a"])
+    # The default network's pod gets the host's resolvers: resolved's upstream servers here.
+    upstream.write_text("nameserver 192.0.2.2\n")
+    assert _k(S, SPEC, ["sha512-a"]) != plain
+    assert _k(S, host_net, ["sha512-a"]) == on_host  # --net=host: the image's resolv.conf
+    hosts.write_text("127.0.0.1 localhost\n10.0.0.1 db\n")
+    assert _k(S, with_hosts, ["sha512-a"]) != key
+    assert _k(S, host_net, ["sha512-a"]) == on_host  # hosts not read without the option
+    # The key holds the file prepare writes, which tells what changed.
+    assert "nameserver 192.0.2.2" in _k(S, SPEC, ["sha512-a"]).text
 
 
 def test_a_packages_origin_is_where_import_would_take_it_from(
