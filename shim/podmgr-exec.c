@@ -467,7 +467,11 @@ int main(int argc, char **argv) {
         if (!c.notify)
             hide_notify_socket();
     } else if (c.join == 0) {
-        /* systemd made the PID namespace and its /proc (PrivatePIDs=, systemd 257). */
+        /* systemd made the PID namespace and its /proc (PrivatePIDs=, systemd 257), and
+         * forked this process into it, out of the session that holds a terminal. */
+        if (getpid() == 1)
+            adopt_listen_fds(getenv("LISTEN_PID") ? (pid_t)atoi(getenv("LISTEN_PID")) : 0);
+        take_terminal();
         protect_proc(c.ro, c.nro, c.hide, c.nhide);
         if (!c.notify)
             hide_notify_socket();

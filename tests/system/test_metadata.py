@@ -90,6 +90,9 @@ def service(pm: Podmgr) -> Iterator[None]:
             "ExecStart=/usr/bin/python3 -m podmgr metadata-service\n"
         )
     run("systemctl", "daemon-reload")
+    # A service that earlier pods started (the package's, under deb-test) saw the state
+    # before this module's tmpfs: it starts again with it.
+    run("systemctl", "stop", SERVICE)
     p = run("systemctl", "start", SOCKET)
     assert p.returncode == 0, p.stderr
     yield
