@@ -129,12 +129,16 @@ def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path)
 
 
 def test_machinectl_terminate_stops_the_whole_pod(pm: Podmgr, images: Path) -> None:
-    aci = img(images, "sleeper2", ["/bin/sleep", "600"])
+    # Apps that end on SIGTERM: as PID 1 of their namespaces, a bare sleep would ignore
+    # machined's and wait out the stop timeout (docs/pods.md).
+    aci = img(images, "sleeper2", ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"])
     uuid = pm("start", INSECURE, aci, "--name", "a", "---", aci, "--name", "b").stdout.strip()
     assert sh("systemctl", "is-active", unit_of(uuid, "a"), unit_of(uuid, "b")).returncode == 0
     t = sh("machinectl", "terminate", f"podmgr-{uuid.replace('-', '')}")
     assert t.returncode == 0, t.stderr
-    pm("status", "--wait=30s", uuid)
+    w = pm("status", "--wait=30s", uuid, check=False)
+    journal = sh("journalctl", "--no-pager", "-o", "short-monotonic", "-n", "60").stdout
+    assert w.returncode == 0, w.stderr + journal
     assert pm.json("status", uuid)["state"] == "exited"
     for app in ("a", "b"):
         assert sh("systemctl", "is-active", unit_of(uuid, app)).stdout.strip() != "active"
