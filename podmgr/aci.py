@@ -24,7 +24,6 @@ import importlib
 import lzma
 import os
 import re
-import shutil
 import stat
 import subprocess
 import threading
@@ -371,20 +370,19 @@ def validate(
 
 
 def _remove(path: Path, created: bool) -> None:
-    def retry(func: Callable[..., Any], p: str, _exc: Any) -> None:
-        # An unprivileged extraction may have left a read-only directory behind.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
+    # fsutil's rmtree: iterative (any depth) and it makes read-only directories, which
+    # an unprivileged extraction may leave, writable first.
+    from podmgr.fsutil import rmtree, rmtree_at
 
     if created:
-        shutil.rmtree(path, onerror=retry)
+        rmtree(path)
         return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, onerror=retry)
-        else:
-            os.unlink(entry.path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(fd):
+            rmtree_at(fd, name)
+    finally:
+        os.close(fd)
 
 
 def import_stream(

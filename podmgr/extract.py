@@ -44,6 +44,15 @@ CHUNK: Final = 1 << 20
 MAX_MANIFEST_SIZE: Final = 1 << 20
 #: PAX extended headers and GNU long names are held in memory, so they are capped.
 MAX_META_SIZE: Final = 8 << 20
+#: The deepest path accepted in an image's rootfs, in components (``/a/b`` is 2).
+#: Linux resolves at most PATH_MAX (4096) bytes in one path, which an app could not
+#: open anyway; real images stay far below (Debian's deepest is about 20). Refused as
+#: an invalid archive (exit 4) before anything deeper is created.
+MAX_PATH_DEPTH: Final = 256
+#: PATH_MAX without its NUL: the longest path (and symlink target) accepted.
+MAX_PATH_BYTES: Final = 4095
+#: NAME_MAX: the longest file name (one component) accepted.
+MAX_NAME_BYTES: Final = 255
 
 _ZERO_BLOCK: Final = bytes(BLOCK)
 _REG_TYPES: Final = frozenset(b"0\x007")
@@ -359,6 +368,33 @@ def normalize(name: str, offset: int) -> str:
     return "/".join(parts)
 
 
+def check_bounds(path: str, linkname: str, offset: int) -> None:
+    """Refuse a path deeper or longer than Linux can open in one go (see MAX_PATH_DEPTH),
+    a component longer than NAME_MAX, and a symlink target longer than PATH_MAX."""
+    parts = path.split("/")
+    if len(parts) - 1 > MAX_PATH_DEPTH:
+        raise _invalid(
+            f"path at offset {offset} in image archive nests {len(parts) - 1} directories "
+            f"deep (the limit is {MAX_PATH_DEPTH})"
+        )
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise _invalid(
+            f"path at offset {offset} in image archive is {size} bytes long "
+            f"(the limit is {MAX_PATH_BYTES})"
+        )
+    for part in parts:
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise _invalid(
+                f"a file name at offset {offset} in image archive is longer than "
+                f"{MAX_NAME_BYTES} bytes"
+            )
+    if len(linkname.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise _invalid(
+            f"link target at offset {offset} in image archive is longer than {MAX_PATH_BYTES} bytes"
+        )
+
+
 def _parent(path: str) -> tuple[str, str]:
     head, _, tail = path.rpartition("/")
     return head, tail
@@ -384,19 +420,31 @@ class Extractor:
             os.close(self._fds.popitem()[1])
 
     def _dirfd(self, path: str) -> int:
+        """An open fd of the directory ``path``, opened level by level below the
+        nearest cached ancestor: a loop, not a recursion, whatever the depth."""
         if not path:
             return self._root
         fd = self._fds.get(path)
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        head, tail = _parent(path)
-        parent = self._dirfd(head)
-        fd = os.open(tail, _DIR_FLAGS, dir_fd=parent)
-        self._fds[path] = fd
-        if len(self._fds) > _DIR_CACHE_SIZE:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
+        missing = []
+        head = path
+        while head and (fd := self._fds.get(head)) is None:
+            missing.append(head)
+            head = head.rpartition("/")[0]
+        parent = self._root if not head else fd
+        assert parent is not None
+        if head:
+            self._fds.move_to_end(head)
+        for p in reversed(missing):
+            parent = os.open(_parent(p)[1], _DIR_FLAGS, dir_fd=parent)
+            # Each one cached as soon as it is open (so closed by close() on error);
+            # the one just cached is the newest, never the one evicted.
+            self._fds[p] = parent
+            if len(self._fds) > _DIR_CACHE_SIZE:
+                os.close(self._fds.popitem(last=False)[1])
+        return parent
 
     def mkdir(self, path: str, entry: TarEntry | None) -> None:
         """Create a directory (or record metadata of one created implicitly before)."""
@@ -525,6 +573,7 @@ def walk_archive(
     manifest: bytes | None = None
     while (e := reader.next()) is not None:
         path = normalize(e.name, e.offset)
+        check_bounds(path, e.linkname, e.offset)
         kind = "d" if e.is_dir else "f"
         prev = seen.get(path)
         if not path:

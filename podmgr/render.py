@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO
 
 from podmgr.errors import InvalidError, NotFoundError, PodmgrError
 from podmgr.extract import Extractor, TarEntry, TarReader, walk_archive
+from podmgr.fsutil import rmtree_at
 
 #: Bounds a dependency graph whose paths multiply (a DAG rendered once per path).
 MAX_LAYERS = 256
@@ -158,8 +158,9 @@ class _LayerExtractor(Extractor):
         dfd = self._dirfd(head)
         st = os.stat(tail, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            # fd-based rmtree: safe against symlinks inside the removed tree.
-            shutil.rmtree(tail, dir_fd=dfd)
+            # fd-based and iterative: safe against symlinks inside the removed tree, and
+            # against its depth.
+            rmtree_at(dfd, tail)
             for cached in [p for p in self._fds if p == path or p.startswith(path + "/")]:
                 os.close(self._fds.pop(cached))
         else:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from podmgr import logger
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError, UsageError
-from podmgr.fsutil import fsync_dir
+from podmgr.fsutil import fsync_dir, rmtree
 
 if TYPE_CHECKING:
     from podmgr.render import Layer
@@ -156,18 +156,9 @@ def _syncfs(path: Path) -> None:
 
 
 def _rmtree(path: Path) -> None:
-    def retry(func: Any, p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-
-    if path.is_dir() and not path.is_symlink():
-        import shutil
-
-        shutil.rmtree(path, onerror=retry)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    # Iterative, fd-based: a tree nested any depth (a hostile image's, left in tmp/ by
+    # a killed import) never makes a later command fail with RecursionError.
+    rmtree(path)
 
 
 class _Lock:

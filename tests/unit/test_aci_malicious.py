@@ -214,3 +214,39 @@ def test_sparse_files_are_refused(tmp_path: Path) -> None:
     ti, body = entry("rootfs/s", data=b"x")
     ti.pax_headers = {"GNU.sparse.map": "0,1"}
     refuse(tmp_path, tar_of(*valid_entries(), (ti, body)), "sparse")
+
+
+@pytest.mark.parametrize("depth", [1500, 100_000])
+def test_deep_nesting_is_refused_before_it_is_created(tmp_path: Path, depth: int) -> None:
+    # 1,500 explicit directories, or one file 100,000 levels down (implied parents):
+    # neither recurses per level, and nothing deeper than the limit is ever created.
+    if depth == 1500:
+        entries = [entry("rootfs/" + "d/" * i, DIR) for i in range(1, depth + 1)]
+    else:
+        entries = [entry("rootfs/" + "d/" * depth + "f", data=b"x")]
+    e = refuse(tmp_path, tar_of(*valid_entries(), *entries), "nests|bytes long")
+    assert "limit" in e.message and len(e.message) < 200
+
+
+def test_depth_limit_is_exact(tmp_path: Path) -> None:
+    from podmgr.extract import MAX_PATH_DEPTH
+
+    ok = "rootfs/" + "/".join(["d"] * (MAX_PATH_DEPTH - 1)) + "/f"
+    aci.import_stream(io.BytesIO(tar_of(*valid_entries(), entry(ok, data=b"x"))), tmp_path / "ok")
+    assert (tmp_path / "ok" / ok).read_bytes() == b"x"
+    deep = "rootfs/" + "/".join(["d"] * MAX_PATH_DEPTH) + "/f"
+    refuse(tmp_path, tar_of(*valid_entries(), entry(deep, data=b"x")), "nests 257 directories")
+
+
+@pytest.mark.parametrize(
+    ("name", "linkname", "match"),
+    [
+        ("rootfs/" + "n" * 256, "", "longer than 255 bytes"),
+        ("rootfs/" + "/".join(["x" * 200] * 21), "", "bytes long"),
+        ("rootfs/l", "t" * 4096, "link target .* longer than 4095"),
+    ],
+    ids=["name", "path", "link"],
+)
+def test_overlong_names_are_refused(tmp_path: Path, name: str, linkname: str, match: str) -> None:
+    kind = SYM if linkname else tarfile.REGTYPE
+    refuse(tmp_path, tar_of(*valid_entries(), entry(name, kind, linkname=linkname)), match)

@@ -294,3 +294,54 @@ def test_cli_image_validate(tmp_path: Path) -> None:
     p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(bad))
     assert p.returncode == 4
     assert "bad.json: invalid" in p.stdout and "name" in p.stdout
+
+
+def _integrity(state: Path) -> str:
+    db = sqlite3.connect(state / "cas" / "index.db")
+    try:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_deep_leftover_in_tmp_never_bricks_the_store(tmp_path: Path) -> None:
+    # What a killed import of a deeply nested image (or an older podmgr) leaves in tmp/.
+    state = tmp_path / "state"
+    Store.open(state).close()
+    left = state / "cas" / "tmp" / "0123456789abcdef"
+    left.mkdir()
+    fd = os.open(left, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(sys.getrecursionlimit() * 2):
+        os.mkdir("d", dir_fd=fd)
+        new = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = new
+    os.close(fd)
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0, p.stderr
+    assert list((state / "cas" / "tmp").iterdir()) == []
+    assert _integrity(state) == "ok"
+
+
+def test_a_deeply_nested_image_is_refused_and_the_store_keeps_working(tmp_path: Path) -> None:
+    import gzip
+    import tarfile
+
+    from aci_util import entry, tar_of, valid_entries
+
+    deep = tmp_path / "deep.aci"
+    dirs = [entry("rootfs/" + "d/" * i, tarfile.DIRTYPE) for i in range(1, 1501)]
+    deep.write_bytes(gzip.compress(tar_of(*valid_entries(), *dirs)))
+    state = tmp_path / "state"
+    for args in (["--insecure-options=image"], []):
+        p = podmgr(state, "fetch", *args, str(deep))
+        assert p.returncode in (1, 4), p.stderr
+        assert "internal error" not in p.stderr and p.stderr.count("error:") == 1
+    aci, iid = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    p = podmgr(state, "fetch", "--insecure-options=image", str(aci))
+    assert p.returncode == 0 and p.stdout.strip() == iid, p.stderr
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0 and "example.com/a" in p.stdout, p.stderr
+    assert podmgr(state, "image", "gc", "--grace-period=0s").returncode == 0
+    assert list((state / "cas" / "tmp").iterdir()) == []
+    assert _integrity(state) == "ok"
