@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Final
 
 from podmgr import logger
-from podmgr.errors import InvalidError, PodmgrError
+from podmgr.errors import InvalidError, LimitError, PodmgrError, UsageError
 
 log = logger.get(__name__)
 
@@ -73,6 +73,144 @@ _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O
 #: Directory fds kept open; tar streams are grouped by directory, so a small cache
 #: makes nearly every lookup a hit without risking the fd limit.
 _DIR_CACHE_SIZE: Final = 64
+
+
+#: Import limits (docs/exit-codes.md, "Import limits"): environment variables, defaults.
+MAX_IMAGE_ENV: Final = "PODMGR_MAX_IMAGE_SIZE"
+MAX_ARCHIVE_ENV: Final = "PODMGR_MAX_ARCHIVE_SIZE"
+RESERVE_ENV: Final = "PODMGR_STORE_RESERVE"
+DEFAULT_MAX_IMAGE: Final = 8 << 30
+DEFAULT_MAX_ARCHIVE: Final = 4 << 30
+DEFAULT_RESERVE: Final = "5%"
+#: The free space is looked at again after this many more uncompressed bytes.
+SPACE_CHECK_EVERY: Final = 64 << 20
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes of a size written ``123``, ``512M``, ``8G`` (powers of 1024; ``KiB`` too)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    digits = t[: len(t) - len(unit)]
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 20:
+        raise UsageError(
+            f"{what}={text!r} is not a size", hint="write a number of bytes, e.g. 512M or 8G"
+        )
+    return int(digits) * _UNITS[unit]
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            if n % _UNITS[unit] == 0:
+                return f"{n // _UNITS[unit]}{unit}"
+            return f"{n / _UNITS[unit]:.1f}{unit}"
+    return f"{n} bytes"
+
+
+class ImportLimits:
+    """What one import may write; 0 disables a cap. See docs/exit-codes.md."""
+
+    __slots__ = ("max_archive", "max_image", "reserve", "reserve_fraction")
+
+    def __init__(
+        self,
+        max_image: int = DEFAULT_MAX_IMAGE,
+        max_archive: int = DEFAULT_MAX_ARCHIVE,
+        reserve: str = DEFAULT_RESERVE,
+    ) -> None:
+        self.max_image = max_image
+        self.max_archive = max_archive
+        #: A share of the filesystem (bytes and inodes) or, if None, ``reserve`` bytes.
+        self.reserve_fraction: float | None = None
+        self.reserve = 0
+        text = reserve.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                pct = -1.0
+            if not 0 <= pct < 100:
+                raise UsageError(
+                    f"{RESERVE_ENV}={reserve!r} is not a percentage from 0 to 99",
+                    hint="write e.g. 5% or a size such as 2G",
+                )
+            self.reserve_fraction = pct / 100
+        else:
+            self.reserve = parse_size(text, RESERVE_ENV)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ImportLimits:
+        env = dict(os.environ) if env is None else env
+        return cls(
+            parse_size(env[MAX_IMAGE_ENV], MAX_IMAGE_ENV)
+            if env.get(MAX_IMAGE_ENV)
+            else DEFAULT_MAX_IMAGE,
+            parse_size(env[MAX_ARCHIVE_ENV], MAX_ARCHIVE_ENV)
+            if env.get(MAX_ARCHIVE_ENV)
+            else DEFAULT_MAX_ARCHIVE,
+            env.get(RESERVE_ENV) or DEFAULT_RESERVE,
+        )
+
+    def check_archive(self, size: int) -> None:
+        """Refuse an archive (as stored, compressed) of ``size`` bytes or more so far."""
+        if self.max_archive and size > self.max_archive:
+            raise LimitError(
+                f"image archive is larger than {format_size(self.max_archive)}, "
+                f"the limit for one image",
+                hint=f"if the image is trusted, raise the limit with {MAX_ARCHIVE_ENV}",
+            )
+
+    def check_image(self, size: int) -> None:
+        """Refuse an uncompressed tar stream of more than ``size`` bytes."""
+        if self.max_image and size > self.max_image:
+            raise LimitError(
+                f"image is larger than {format_size(self.max_image)} uncompressed, the limit "
+                "for one image (a decompression bomb, or a very large image)",
+                hint=f"if the image is trusted, raise the limit with {MAX_IMAGE_ENV}",
+            )
+
+    def check_space(self, path: str | os.PathLike[str], need: int = 0) -> None:
+        """Refuse if the filesystem of ``path``, after ``need`` more bytes, would have
+        less free space (or, for a percentage, fewer free inodes) than the reserve."""
+        if not self.reserve and not self.reserve_fraction:
+            return
+        st = os.statvfs(path)
+        free = st.f_bavail * st.f_frsize
+        if self.reserve_fraction is not None:
+            reserve = int(st.f_blocks * st.f_frsize * self.reserve_fraction)
+            low_inodes = st.f_files > 0 and st.f_favail < st.f_files * self.reserve_fraction
+        else:
+            reserve, low_inodes = self.reserve, False
+        if free - need < reserve or low_inodes:
+            what = "inodes" if low_inodes and free - need >= reserve else "space"
+            if self.reserve_fraction is not None:
+                kept = f"{self.reserve_fraction:.0%} of it"
+            else:
+                kept = format_size(reserve)
+            raise LimitError(
+                f"not enough free {what} for the image on the image store's filesystem "
+                f"({format_size(free)} free, the reserve is {kept})",
+                hint=f"free space (podmgr image gc), or lower the reserve with {RESERVE_ENV}",
+            )
+
+
+class Budget:
+    """The limits applied while one archive streams through a :class:`TarReader`."""
+
+    __slots__ = ("_next", "_path", "limits")
+
+    def __init__(self, limits: ImportLimits, space_path: str | os.PathLike[str] | None) -> None:
+        self.limits = limits
+        self._path = space_path
+        self._next = 0
+
+    def charge(self, total: int) -> None:
+        """``total`` uncompressed bytes have been read."""
+        self.limits.check_image(total)
+        if self._path is not None and total >= self._next:
+            self._next = total + SPACE_CHECK_EVERY
+            self.limits.check_space(self._path)
 
 
 def _invalid(message: str) -> InvalidError:
@@ -176,10 +314,14 @@ class TarReader:
     """Pull-parser over a tar byte stream; every byte read goes through ``on_chunk``."""
 
     def __init__(
-        self, read: Callable[[int], bytes], on_chunk: Callable[[bytes], object] | None = None
+        self,
+        read: Callable[[int], bytes],
+        on_chunk: Callable[[bytes], object] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._read = read
         self._on_chunk = on_chunk
+        self._budget = budget
         self._buf = b""
         self._pos = 0
         #: Uncompressed bytes read so far (the whole stream once ``drain`` returned).
@@ -194,6 +336,8 @@ class TarReader:
         if self._on_chunk is not None:
             self._on_chunk(chunk)
         self.total += len(chunk)
+        if self._budget is not None:
+            self._budget.charge(self.total)
         self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
         return True

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from podmgr.errors import InvalidError, NotFoundError, PodmgrError
-from podmgr.extract import Extractor, TarEntry, TarReader, walk_archive
+from podmgr.extract import Budget, Extractor, TarEntry, TarReader, walk_archive
 from podmgr.fsutil import rmtree_at
 
 #: Bounds a dependency graph whose paths multiply (a DAG rendered once per path).
@@ -262,11 +262,12 @@ def extract_layer(
     expected_id: str | None = None,
     hash: bool = True,
     keep_manifest: bool = False,
+    budget: Budget | None = None,
 ) -> LayerResult:
     """Extract the archive ``src`` below ``root_fd`` in one pass (rootfs/ and optionally
     the manifest), checking the ACI layout, hashing the uncompressed stream and copying
-    the raw bytes to ``tee`` on the way. Nothing is cleaned up on error: the caller
-    extracts into a temporary directory it owns.
+    the raw bytes to ``tee`` on the way, within ``budget`` if given. Nothing is cleaned
+    up on error: the caller extracts into a temporary directory it owns.
     """
     from podmgr.aci import open_tar_stream
 
@@ -281,8 +282,10 @@ def extract_layer(
             root_fd, whitelists=whitelists, overwrite=overwrite, keep_manifest=keep_manifest
         )
         stack.callback(sink.close)
-        stream = stack.enter_context(open_tar_stream(source))
-        reader = TarReader(stream.read, h.update if h is not None else None)
+        stream = stack.enter_context(
+            open_tar_stream(source, budget.limits if budget is not None else None)
+        )
+        reader = TarReader(stream.read, h.update if h is not None else None, budget)
         try:
             manifest = walk_archive(reader, sink)
         except OSError as e:
@@ -301,8 +304,14 @@ def extract_layer(
     return LayerResult(digest, manifest, size, reader.total)
 
 
-def render_into(target: Path, layers: Sequence[Layer], blob_of: Callable[[str], Path]) -> None:
-    """Render ``layers`` in order into the existing empty directory ``target``.
+def render_into(
+    target: Path,
+    layers: Sequence[Layer],
+    blob_of: Callable[[str], Path],
+    budget: Budget | None = None,
+) -> None:
+    """Render ``layers`` in order into the existing empty directory ``target`` (each
+    layer within ``budget`` if given).
 
     ``target`` receives ``rootfs/``; its mode is the lowest layer's, overridden by upper
     ones that have a rootfs entry.
@@ -313,6 +322,13 @@ def render_into(target: Path, layers: Sequence[Layer], blob_of: Callable[[str], 
             path = blob_of(layer.image_id)
             if not path.exists():
                 raise NotFoundError(f"image {layer.image_id[:19]} is missing from the store")
-            extract_layer(path, fd, whitelists=layer.whitelists, overwrite=i > 0, hash=False)
+            extract_layer(
+                path,
+                fd,
+                whitelists=layer.whitelists,
+                overwrite=i > 0,
+                hash=False,
+                budget=Budget(budget.limits, target) if budget is not None else None,
+            )
     finally:
         os.close(fd)

@@ -22,6 +22,8 @@ from podmgr.errors import InvalidError, NotFoundError, PodmgrError, UsageError
 log = logger.get(__name__)
 
 _MAX_LINKS = 40
+#: The largest file podmgr reads out of an image (its /etc/passwd and /etc/group).
+MAX_IMAGE_FILE = 4 << 20
 
 
 def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
@@ -52,12 +54,51 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
     return root.joinpath(*resolved)
 
 
-def _passwd_lookup(root: Path, file: str, name: str, id_field: int) -> int | None:
-    f = resolve(root, file)
+def read_image_file(root: Path, path: str, max_size: int = MAX_IMAGE_FILE) -> bytes | None:
+    """The content of ``path`` inside the image's ``root``, None if it does not exist.
+
+    Only a regular file is read: symlinks are followed within the root (by
+    :func:`resolve`, the last one opened with ``O_NOFOLLOW``), the open never blocks
+    (``O_NONBLOCK``: a FIFO would hang it), and a device, FIFO, socket or directory, or a
+    file over ``max_size`` bytes, is refused with InvalidError (issue 18: a /dev/zero
+    there was read until MemoryError). At most ``max_size`` + 1 bytes are read, so a
+    file that grows meanwhile is refused too.
+    """
+    host = resolve(root, path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        text = f.read_text(errors="replace")
-    except OSError:
+        fd = os.open(host, flags)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:
+        # ELOOP: the last component is a symlink resolve() did not follow (a loop).
+        raise InvalidError(f"cannot read {path} in the image: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidError(
+                f"{path} in the image is not a regular file",
+                hint="the image is broken or hostile; fix or replace its " + path,
+            )
+        chunks, size = [], 0
+        while size <= max_size and (chunk := os.read(fd, max_size + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_size:
+            raise InvalidError(
+                f"{path} in the image is larger than {max_size} bytes",
+                hint="the image is broken or hostile; fix or replace its " + path,
+            )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _passwd_lookup(root: Path, file: str, name: str, id_field: int) -> int | None:
+    data = read_image_file(root, file)
+    if data is None:
+        return None
+    text = data.decode(errors="replace")
     for line in text.splitlines():
         fields = line.split(":")
         if len(fields) > id_field and fields[0] == name and fields[id_field].isdigit():

@@ -226,6 +226,8 @@ VALID_OS_ARCH: Mapping[str, frozenset[str]] = {
     "freebsd": frozenset({"amd64", "i386", "arm"}),
     "darwin": frozenset({"x86_64", "i386"}),
 }
+
+
 class Label(_Model):
     name: ACIdentifier
     value: Str

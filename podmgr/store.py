@@ -60,6 +60,7 @@ from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrErro
 from podmgr.fsutil import fsync_dir, rmtree
 
 if TYPE_CHECKING:
+    from podmgr.extract import ImportLimits
     from podmgr.render import Layer
     from podmgr.schema import Dependency, ImageManifest
     from podmgr.storerecords import GCReport, ImageInfo, Remote
@@ -197,6 +198,20 @@ class Store:
         self.locks = self.root / "locks"
         self.db = db
         self._manifests: dict[str, ImageManifest] = {}
+        self._limits: ImportLimits | None = None
+
+    @property
+    def limits(self) -> ImportLimits:
+        """What one import may write: from the environment (docs/exit-codes.md)."""
+        if self._limits is None:
+            from podmgr.extract import ImportLimits
+
+            self._limits = ImportLimits.from_env()
+        return self._limits
+
+    @limits.setter
+    def limits(self, value: ImportLimits) -> None:
+        self._limits = value
 
     # -- opening -------------------------------------------------------------------------
 
@@ -483,13 +498,22 @@ class Store:
         without dependencies is also extracted as its rendered tree in that same pass.
         ``check`` sees the archive's bytes in that pass too, and its ``finish()`` gives
         ``verified`` and ``fingerprint`` (or refuses the image) before anything is
-        published.
+        published. :attr:`limits` bound the archive, its uncompressed stream and the free
+        space left on the store's filesystem (LimitError, with nothing published).
         """
         from podmgr import aci
+        from podmgr.extract import Budget
         from podmgr.schema import parse_image_manifest
 
+        limits = self.limits
+        try:
+            archive_size = os.stat(src).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"image archive not found: {src}") from None
+        limits.check_archive(archive_size)
+        limits.check_space(self.root, 0 if take else archive_size)
         if manifest_bytes is None:
-            manifest_bytes = aci.read_manifest(src)
+            manifest_bytes = aci.read_manifest(src, limits=limits)
         manifest = parse_image_manifest(manifest_bytes)
         render_now = not manifest.dependencies
         with self.workdir() as work, contextlib.ExitStack() as stack:
@@ -507,14 +531,22 @@ class Store:
 
                 wl = (Whitelist(manifest.path_whitelist),) if manifest.path_whitelist else ()
                 res = extract_layer(
-                    src, fd, whitelists=wl, tee=tee, expected_id=expected_id, keep_manifest=True
+                    src,
+                    fd,
+                    whitelists=wl,
+                    tee=tee,
+                    expected_id=expected_id,
+                    keep_manifest=True,
+                    budget=Budget(limits, self.root),
                 )
                 image_id, size, usize = str(res.id), res.size, res.uncompressed_size
                 seen_manifest = res.manifest_bytes
             else:
                 with open(src, "rb") as f:
                     source: Any = f if tee is None else _TeeReader(f, tee)
-                    r = aci.validate(source, expected_id=expected_id, check_manifest=False)
+                    r = aci.validate(
+                        source, expected_id=expected_id, check_manifest=False, limits=limits
+                    )
                 image_id, size, usize = r.id, r.size, r.uncompressed_size
                 seen_manifest = r.manifest_bytes
             if seen_manifest != manifest_bytes:
@@ -642,9 +674,10 @@ class Store:
                 with self.workdir() as work:
                     tree = work / "tree"
                     tree.mkdir(mode=0o755)
+                    from podmgr.extract import Budget
                     from podmgr.render import render_into
 
-                    render_into(tree, layers, self.blob_path)
+                    render_into(tree, layers, self.blob_path, Budget(self.limits, self.root))
                     (tree / "manifest").write_bytes(self.manifest_bytes(image_id))
                     self._publish_tree(tree, layers)
             else:

@@ -156,6 +156,7 @@ __all__ = [
     "load_key_source",
     "normalize_prefix",
     "prefix_matches",
+    "screen",
     "verify",
     "verifying",
 ]
@@ -609,6 +610,49 @@ def _read_signature(
     return sig, signatures
 
 
+def _refuse_untrusted_issuer(
+    signatures: list[SignatureInfo], keys: list[TrustedKey], label: str, store: TrustStore
+) -> None:
+    """Raise UntrustedError unless one of ``keys`` (or a subkey of one) is a signature's
+    issuer. A signature that names no issuer passes (sqv tries every trusted key).
+
+    Issue 18: the verdict otherwise came after the import pass, so a decompression bomb
+    signed by an unknown key was extracted in full before it was refused. The issuer
+    is an unverified claim, so this can only refuse early, never accept.
+    """
+    issuers = [s.issuer for s in signatures if s.issuer]
+    if not issuers:
+        return
+    if any(s.issued_by(k.fingerprint) for s in signatures for k in keys):
+        return  # a primary key: the common case, decided without gpg
+    if keys:
+        # A signing subkey: only gpg knows a certificate's subkeys.
+        with GnupgHome() as gpg:
+            infos = _usable_keys(keys, gpg)
+        if any(_signing_key(info, signatures) for _, info in infos.values()):
+            return
+    raise _untrusted_key(label, issuers[0], store)
+
+
+def screen(
+    signature_path: str | os.PathLike[str] | None,
+    label: str,
+    *,
+    store: TrustStore,
+    name: str | None = None,
+) -> None:
+    """Refuse, before any image byte is read, a signature that cannot pass: missing,
+    malformed, text-mode, or by a key not in the trust store (for ``name``, or for any
+    name while the image's name is not known yet). ``label`` names the image in errors.
+    """
+    _, signatures = _read_signature(signature_path, name or label)
+    if name is not None:
+        keys = store.keys_for(name)
+    else:
+        keys, _ = store._all()
+    _refuse_untrusted_issuer(signatures, keys, name or label, store)
+
+
 def _usable_keys(keys: list[TrustedKey], gpg: Gpg) -> dict[str, tuple[TrustedKey, KeyInfo]]:
     """The trusted keys gpg can read, by primary fingerprint, with their state now.
 
@@ -857,14 +901,16 @@ def verifying(
     """Start checking a detached signature by a key trusted for ``name``; feed the image
     to the :class:`SignatureCheck` and ask for its :meth:`~SignatureCheck.result`.
 
-    A missing signature, malformed armour or packets, and a text-mode signature are
-    refused here, before any image byte. sqv and its temporary keyring are gone when the
+    A missing signature, malformed armour or packets, a text-mode signature, and a
+    signature whose issuer is no key trusted for ``name`` are refused here, before any
+    image byte. sqv and its temporary keyring are gone when the
     block exits.
     """
     t0 = time.perf_counter()
     check_name(name)
     sig, signatures = _read_signature(signature_path, name)
     keys = store.keys_for(name)
+    _refuse_untrusted_issuer(signatures, keys, name, store)
     with GnupgHome() as gpg:
         # sqv reads our copy: the signature judged is the one parsed above.
         (gpg.home / "signature.asc").write_bytes(sig)

@@ -7,10 +7,11 @@ import gzip
 import hashlib
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aci_util import MANIFEST, entry, tar_of, valid_entries
+from aci_util import MANIFEST, entry, remove_deep, tar_of, valid_entries
 
 from podmgr import aci
 from podmgr.errors import InvalidError
@@ -216,8 +217,15 @@ def test_sparse_files_are_refused(tmp_path: Path) -> None:
     refuse(tmp_path, tar_of(*valid_entries(), (ti, body)), "sparse")
 
 
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    remove_deep(tmp_path)
+
+
 @pytest.mark.parametrize("depth", [1500, 100_000])
-def test_deep_nesting_is_refused_before_it_is_created(tmp_path: Path, depth: int) -> None:
+def test_deep_nesting_is_refused_before_it_is_created(deep_tmp: Path, depth: int) -> None:
+    tmp_path = deep_tmp
     # 1,500 explicit directories, or one file 100,000 levels down (implied parents):
     # neither recurses per level, and nothing deeper than the limit is ever created.
     if depth == 1500:
@@ -228,7 +236,8 @@ def test_deep_nesting_is_refused_before_it_is_created(tmp_path: Path, depth: int
     assert "limit" in e.message and len(e.message) < 200
 
 
-def test_depth_limit_is_exact(tmp_path: Path) -> None:
+def test_depth_limit_is_exact(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
     from podmgr.extract import MAX_PATH_DEPTH
 
     ok = "rootfs/" + "/".join(["d"] * (MAX_PATH_DEPTH - 1)) + "/f"

@@ -304,7 +304,16 @@ def _integrity(state: Path) -> str:
         db.close()
 
 
-def test_a_deep_leftover_in_tmp_never_bricks_the_store(tmp_path: Path) -> None:
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    from aci_util import remove_deep
+
+    yield tmp_path
+    remove_deep(tmp_path)
+
+
+def test_a_deep_leftover_in_tmp_never_bricks_the_store(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
     # What a killed import of a deeply nested image (or an older podmgr) leaves in tmp/.
     state = tmp_path / "state"
     Store.open(state).close()
@@ -323,7 +332,8 @@ def test_a_deep_leftover_in_tmp_never_bricks_the_store(tmp_path: Path) -> None:
     assert _integrity(state) == "ok"
 
 
-def test_a_deeply_nested_image_is_refused_and_the_store_keeps_working(tmp_path: Path) -> None:
+def test_a_deeply_nested_image_is_refused_and_the_store_keeps_working(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
     import gzip
     import tarfile
 
