@@ -574,6 +574,40 @@ def _trust_hint(name: str) -> str:
     return f"if you trust this key for {name}, run: podmgr trust --prefix {name} KEYFILE"
 
 
+#: The largest signature file read (an armoured signature is about 1 KiB).
+MAX_SIGNATURE_FILE = 1 << 20
+
+
+def _read_small(path: str | os.PathLike[str], name: str) -> bytes:
+    """A signature file's bytes: only a regular file (a FIFO or /dev/zero beside an
+    image must neither hang nor exhaust memory), of at most MAX_SIGNATURE_FILE bytes."""
+    import stat
+
+    def malformed(why: str) -> UntrustedError:
+        return UntrustedError(
+            f"image {name}: malformed signature: {os.fspath(path)} {why}",
+            reason=Reason.MALFORMED,
+            name=name,
+            hint="the .aci.asc file must be an ASCII-armoured detached OpenPGP signature",
+        )
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise malformed(f"cannot be read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise malformed("is not a regular file")
+        data = os.read(fd, MAX_SIGNATURE_FILE + 1)
+        while len(data) <= MAX_SIGNATURE_FILE and (more := os.read(fd, 65536)):
+            data += more
+        if len(data) > MAX_SIGNATURE_FILE:
+            raise malformed(f"is larger than {MAX_SIGNATURE_FILE} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _read_signature(
     signature_path: str | os.PathLike[str] | None, name: str
 ) -> tuple[bytes, list[SignatureInfo]]:
@@ -586,7 +620,7 @@ def _read_signature(
             name=name,
             hint="fetch it with its .aci.asc signature",
         )
-    sig = Path(signature_path).read_bytes()
+    sig = _read_small(signature_path, name)
     try:
         signatures = [s for block in dearmor(sig, "SIGNATURE") for s in parse_signatures(block)]
     except InvalidError as e:

@@ -21,7 +21,7 @@ from store_util import build_image, manifest
 from test_trust_keys import Keys, keys, write_key
 
 from podmgr import aci, imagefetch
-from podmgr.errors import ExitCode, LimitError, UsageError
+from podmgr.errors import ExitCode, InvalidError, LimitError, UsageError
 from podmgr.extract import ImportLimits, parse_size
 from podmgr.fetch.discovery import host_os_arch
 from podmgr.store import Store
@@ -281,3 +281,28 @@ def test_a_download_stops_at_the_archive_limit(tmp_path: Path, pki: PKI, length:
     assert p.returncode == 10, p.stderr
     assert "larger than 64K" in one_error(p)
     assert list((state / "cas/downloads").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_a_hostile_signature_file_is_refused_without_hanging(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    reads = forbid(monkeypatch, "read")
+    good, _ = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    sig = tmp_path / "a.aci.asc"
+    if kind == "fifo":
+        os.mkfifo(sig)  # no writer: a blocking open would hang
+    elif kind == "dev-zero":
+        sig.symlink_to("/dev/zero")
+    else:
+        with open(sig, "wb") as f:
+            f.truncate(2 << 20)
+    admin = tmp_path / "trust"
+    write_key(admin, keys, "ed")
+    with Store.open(tmp_path / "state") as s:
+        # fetch.file refuses a signature path that is no regular file; the trust
+        # module, reading it, does too (and bounds its size).
+        with pytest.raises((InvalidError, UntrustedError)) as info:
+            fetch(s, admin, str(good))
+        assert "regular file" in info.value.message or "larger than" in info.value.message
+    assert reads == []
