@@ -24,7 +24,7 @@ from podmgr.process import run
 
 #: A key URL is a small file; refuse anything bigger rather than filling memory.
 MAX_KEY_SIZE = 1 << 20
-FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}\Z")
 _ARMOR = re.compile(
     rb"-----BEGIN PGP (?P<label>[A-Z ,0-9]+)-----\r?\n"
     rb"(?P<headers>(?:[^\r\n]+\r?\n)*?)\r?\n?"

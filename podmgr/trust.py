@@ -177,7 +177,7 @@ _PIPE_SIZE = 1 << 20
 _IOV_MAX = 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-_AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+_AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*\Z")
 
 
 class Reason(enum.StrEnum):

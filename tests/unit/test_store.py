@@ -355,3 +355,42 @@ def test_a_deeply_nested_image_is_refused_and_the_store_keeps_working(deep_tmp: 
     assert podmgr(state, "image", "gc", "--grace-period=0s").returncode == 0
     assert list((state / "cas" / "tmp").iterdir()) == []
     assert _integrity(state) == "ok"
+
+
+@pytest.mark.parametrize(
+    "man",
+    [
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x\\n"}',
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x",'
+        b' "name": "example.com/y"}',
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x", "a": '
+        + b"[" * 200_000
+        + b"]" * 200_000
+        + b"}",
+    ],
+    ids=["newline", "duplicate", "deep"],
+)
+def test_a_hostile_manifest_is_refused_and_the_store_keeps_working(
+    tmp_path: Path, man: bytes
+) -> None:
+    import gzip
+    import tarfile
+
+    from aci_util import entry, tar_of
+
+    bad = tmp_path / "bad.aci"
+    bad.write_bytes(
+        gzip.compress(tar_of(entry("manifest", data=man), entry("rootfs", tarfile.DIRTYPE)))
+    )
+    state = tmp_path / "state"
+    p = podmgr(state, "fetch", "--insecure-options=image", str(bad))
+    assert p.returncode == 4, p.stderr
+    assert "internal error" not in p.stderr and p.stderr.count("error:") == 1
+    p = podmgr(state, "image", "validate", str(bad))
+    assert p.returncode == 4 and "internal error" not in p.stderr, p.stderr
+    aci, iid = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    p = podmgr(state, "fetch", "--insecure-options=image", str(aci))
+    assert p.returncode == 0 and p.stdout.strip() == iid, p.stderr
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0 and p.stdout.count("example.com/") == 1, p.stdout
+    assert _integrity(state) == "ok"
