@@ -65,21 +65,27 @@ def read_image_file(root: Path, path: str, max_size: int = MAX_IMAGE_FILE) -> by
     file that grows meanwhile is refused too.
     """
     host = resolve(root, path)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+    def not_regular() -> InvalidError:
+        return InvalidError(
+            f"{path} in the image is not a regular file",
+            hint="the image is broken or hostile; fix or replace its " + path,
+        )
+
     try:
+        # Judged before opening too: opening a device node is refused on a nodev mount
+        # (EACCES), and on others it may have effects of its own.
+        if not stat.S_ISREG(os.lstat(host).st_mode):
+            raise not_regular()
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
         fd = os.open(host, flags)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
-        # ELOOP: the last component is a symlink resolve() did not follow (a loop).
         raise InvalidError(f"cannot read {path} in the image: {e.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidError(
-                f"{path} in the image is not a regular file",
-                hint="the image is broken or hostile; fix or replace its " + path,
-            )
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced meanwhile
+            raise not_regular()
         chunks, size = [], 0
         while size <= max_size and (chunk := os.read(fd, max_size + 1 - size)):
             chunks.append(chunk)
