@@ -162,6 +162,18 @@ def _rmtree(path: Path) -> None:
     rmtree(path)
 
 
+def _discard(path: Path) -> bool:
+    """Remove work in ``tmp/``; a failure is logged, not raised: what is left there is
+    retried by the next open, and must never stop a command (issue 18: a leftover podmgr
+    could not remove made every later command fail)."""
+    try:
+        _rmtree(path)
+    except OSError as e:
+        log.warning("cannot remove %s (it is retried later): %s", path, e)
+        return False
+    return True
+
+
 class _Lock:
     """An flock(2) on ``<cas>/locks/<name>.lock``; per open file, so also between threads."""
 
@@ -317,9 +329,9 @@ class Store:
             path.mkdir(mode=0o700)
             yield path
         finally:
-            _rmtree(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lk.path)
+            if _discard(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lk.path)
             lk.release()
 
     def cleanup_tmp(self) -> list[str]:
@@ -334,10 +346,10 @@ class Store:
             except BlockingIOError:
                 continue
             try:
-                _rmtree(self.tmp / name)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lk.path)
-                removed.append(name)
+                if _discard(self.tmp / name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lk.path)
+                    removed.append(name)
             finally:
                 lk.release()
         return removed

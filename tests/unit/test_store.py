@@ -394,3 +394,26 @@ def test_a_hostile_manifest_is_refused_and_the_store_keeps_working(
     p = podmgr(state, "image", "list")
     assert p.returncode == 0 and p.stdout.count("example.com/") == 1, p.stdout
     assert _integrity(state) == "ok"
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_stop_commands(tmp_path: Path) -> None:
+    import shutil
+
+    state = tmp_path / "state"
+    Store.open(state).close()
+    left = state / "cas" / "tmp" / "fedcba9876543210"
+    (left / "d").mkdir(parents=True)
+    stuck = left / "d" / "immutable"
+    stuck.write_text("x")
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(stuck)]).returncode != 0:
+        pytest.skip("needs chattr +i (root, a filesystem with the immutable attribute)")
+    try:
+        p = podmgr(state, "image", "list")
+        assert p.returncode == 0, p.stderr
+        assert "cannot remove" in p.stderr and "retried later" in p.stderr
+        assert "error" not in p.stderr
+    finally:
+        subprocess.run([chattr, "-i", str(stuck)], check=True)
+    assert podmgr(state, "image", "list").stderr == ""
+    assert list((state / "cas" / "tmp").iterdir()) == []
