@@ -53,8 +53,13 @@ MAX_PATH_DEPTH: Final = 256
 MAX_PATH_BYTES: Final = 4095
 #: NAME_MAX: the longest file name (one component) accepted.
 MAX_NAME_BYTES: Final = 255
+#: The most entries one archive may have: every path is held in memory while it is
+#: checked (about 200 bytes each), so this bounds that memory to some 400 MiB. Large
+#: real images have a few hundred thousand.
+MAX_ENTRIES: Final = 1 << 21
 
 _ZERO_BLOCK: Final = bytes(BLOCK)
+_META_TYPES: Final = frozenset(b"xgLK")
 _REG_TYPES: Final = frozenset(b"0\x007")
 #: Types that carry no data. Readers disagree on whether their size field counts
 #: (tarfile skips data after a hard link, Go's archive/tar does not), so a non-zero
@@ -328,6 +333,7 @@ class TarReader:
         self.total = 0
         self._pending = 0  # data bytes of the current entry not consumed yet
         self._global: dict[str, bytes | None] = {}
+        self._global_size = 0
 
     def _fill(self) -> bool:
         chunk = self._read(CHUNK)
@@ -408,6 +414,7 @@ class TarReader:
         pax: dict[str, bytes | None] = {}
         longname: str | None = None
         longlink: str | None = None
+        meta_size = 0
         while True:
             offset = self.offset
             while len(self._buf) - self._pos < BLOCK:
@@ -428,6 +435,19 @@ class TarReader:
                 raise _invalid(f"bad tar header checksum at offset {offset}")
             typ = hdr[156]
             size = _num(hdr[124:136], "size", offset)
+            if typ in _META_TYPES:
+                # Held in memory until their entry (or, global ones, for good): bounded
+                # in total, not only each, or a chain of them would grow without end.
+                held = self._global_size if typ == ord("g") else meta_size
+                if held + size > MAX_META_SIZE:
+                    raise _invalid(
+                        f"tar extended headers at offset {offset} add up to more than "
+                        f"{MAX_META_SIZE} bytes"
+                    )
+                if typ == ord("g"):
+                    self._global_size += size
+                else:
+                    meta_size += size
             if typ == ord("x"):
                 pax.update(parse_pax(self._meta(size, offset), offset))
                 continue
@@ -600,6 +620,7 @@ class Extractor:
             self._dirs[path] = entry
         if entry is not None and entry.xattrs:
             self._xattrs(self._dirfd(path), entry)
+            entry.xattrs = {}  # applied; the entry is kept until finish(), they need not be
 
     def _mode(self, entry: TarEntry) -> int:
         return entry.mode if self.as_root else entry.mode & 0o1777
@@ -715,7 +736,11 @@ def walk_archive(
     seen: dict[str, str] = {"": "i"}
     explicit_root = False
     manifest: bytes | None = None
+    count = 0
     while (e := reader.next()) is not None:
+        count += 1
+        if count > MAX_ENTRIES:
+            raise _invalid(f"image archive has more than {MAX_ENTRIES} entries")
         path = normalize(e.name, e.offset)
         check_bounds(path, e.linkname, e.offset)
         kind = "d" if e.is_dir else "f"

@@ -196,6 +196,7 @@ class _LayerExtractor(Extractor):
                 self._adopted.add(path)
             elif entry.xattrs:
                 self._xattrs(self._dirfd(path), entry)
+                entry.xattrs = {}  # applied; not held until finish()
             return
         if st is not None:
             self._remove(path)

@@ -259,3 +259,30 @@ def test_depth_limit_is_exact(deep_tmp: Path) -> None:
 def test_overlong_names_are_refused(tmp_path: Path, name: str, linkname: str, match: str) -> None:
     kind = SYM if linkname else tarfile.REGTYPE
     refuse(tmp_path, tar_of(*valid_entries(), entry(name, kind, linkname=linkname)), match)
+
+
+@pytest.mark.parametrize("kind", ["x", "g", "L"])
+def test_extended_headers_are_bounded_in_total(tmp_path: Path, kind: str) -> None:
+    # Each header is under the per-header cap; a chain of them before one entry (or of
+    # global ones) is not, and would otherwise be held in memory without bound.
+    from podmgr.extract import MAX_META_SIZE
+
+    chunk = MAX_META_SIZE // 3
+    headers = b""
+    for i in range(4):
+        if kind == "L":
+            body = b"n" * chunk
+        else:
+            rec = f"SCHILY.xattr.user.k{i}=".encode() + b"v" * chunk + b"\n"
+            n = len(rec) + 8
+            n = len(str(n).encode()) + 1 + len(rec)
+            body = str(n).encode() + b" " + rec
+        ti = tarfile.TarInfo("././@LongLink" if kind == "L" else "pax")
+        ti.type = kind.encode()
+        ti.size = len(body)
+        headers += ti.tobuf(format=tarfile.GNU_FORMAT) + body + bytes(-len(body) % 512)
+    tail = tar_of(entry("rootfs/a", data=b"x"))
+    data = tar_of(*valid_entries())[:-1024]
+    data = data.rstrip(b"\0")
+    data += bytes(-len(data) % 512) + headers + tail
+    refuse(tmp_path, data, "extended headers at offset .* add up to more than")
