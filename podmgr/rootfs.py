@@ -22,6 +22,8 @@ from podmgr.errors import InvalidError, NotFoundError, PodmgrError, UsageError
 log = logger.get(__name__)
 
 _MAX_LINKS = 40
+#: PATH_MAX without its NUL.
+_MAX_PATH = 4095
 #: The largest file podmgr reads out of an image (its /etc/passwd and /etc/group).
 MAX_IMAGE_FILE = 4 << 20
 
@@ -29,8 +31,12 @@ MAX_IMAGE_FILE = 4 << 20
 def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
     """The host path of ``path`` inside ``root``, following symlinks as a chroot would.
 
-    The result may not exist. Raises InvalidError on a symlink loop.
+    The result may not exist. Raises InvalidError on a symlink loop, and on a path (as
+    given, or as its links make it) that Linux could not resolve: longer than PATH_MAX
+    or with a name longer than NAME_MAX (paths come from hostile manifests and images).
     """
+    if len(os.fsencode(path)) > _MAX_PATH:
+        raise InvalidError(f"path {path[:60]!r}… is longer than {_MAX_PATH} bytes")
     parts = [p for p in PurePosixPath("/", path).parts[1:] if p not in ("", ".")]
     resolved: list[str] = []
     links = 0
@@ -41,10 +47,14 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
                 resolved.pop()
             continue
         candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink() and (parts or follow_last):
+        try:
+            is_link = candidate.is_symlink()
+        except OSError as e:  # ENAMETOOLONG: the kernel would refuse it too
+            raise InvalidError(f"cannot resolve {path[:80]!r} in the image: {e.strerror}") from None
+        if is_link and (parts or follow_last):
             links += 1
             if links > _MAX_LINKS:
-                raise InvalidError(f"too many levels of symbolic links in {path}")
+                raise InvalidError(f"too many levels of symbolic links in {path[:200]}")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []

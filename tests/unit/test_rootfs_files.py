@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,26 @@ def test_a_missing_passwd_is_no_error_for_numeric_ids(root: Path) -> None:
     assert rootfs.lookup_user(root, "1234") == 1234
     with pytest.raises(NotFoundError):
         rootfs.lookup_user(root, "app")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: rootfs.find_exec(r, "/" + "a/" * 3000 + "x", ""),
+        lambda r: rootfs.find_exec(r, "x", "/" + "c" * 300),
+        lambda r: rootfs.check_working_dir(r, "/" + "b" * 300),
+        lambda r: rootfs.lookup_user(r, "/" + "a" * 5000),
+        lambda r: rootfs.ensure_mount_target(r, r.parent / "upper", "/" + "b" * 300 + "/c"),
+    ],
+    ids=["exec-long", "path-name", "workdir-name", "user-path", "mount-target"],
+)
+def test_paths_linux_cannot_resolve_are_invalid(root: Path, call: Any) -> None:
+    # From a hostile manifest: ENAMETOOLONG was an OSError, an internal error.
+    with pytest.raises(InvalidError, match=r"longer than|cannot resolve"):
+        call(root)
+
+
+def test_a_link_chain_growing_past_path_max_is_invalid(root: Path) -> None:
+    (root / "l").symlink_to("/" + "/".join(["l"] * 2000))  # each step re-expands
+    with pytest.raises(InvalidError):
+        rootfs.check_working_dir(root, "/l/x")
