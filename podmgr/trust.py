@@ -128,6 +128,7 @@ from podmgr.openpgp import (
     inspect_key,
     inspect_keys,
     key_age,
+    key_fingerprints,
     parse_colons,
     parse_signatures,
 )
@@ -659,10 +660,21 @@ def _refuse_untrusted_issuer(
         return
     if any(s.issued_by(k.fingerprint) for s in signatures for k in keys):
         return  # a primary key: the common case, decided without gpg
-    if keys:
-        # A signing subkey: only gpg knows a certificate's subkeys.
+    # A signing subkey: from the key files' packets (v4 fingerprints are SHA-1 over the
+    # key packet), and from gpg only for keys that this cannot read.
+    unread = []
+    for k in keys:
+        try:
+            fprs = key_fingerprints(k.path.read_bytes()[: MAX_KEY_SIZE + 1])
+        except OSError:
+            continue  # an unreadable key cannot verify anything
+        if fprs is None:
+            unread.append(k)
+        elif any(s.issued_by(f) for s in signatures for f in fprs):
+            return
+    if unread:
         with GnupgHome() as gpg:
-            infos = _usable_keys(keys, gpg)
+            infos = _usable_keys(unread, gpg)
         if any(_signing_key(info, signatures) for _, info in infos.values()):
             return
     raise _untrusted_key(label, issuers[0], store)

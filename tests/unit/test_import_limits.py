@@ -306,3 +306,41 @@ def test_a_hostile_signature_file_is_refused_without_hanging(
             fetch(s, admin, str(good))
         assert "regular file" in info.value.message or "larger than" in info.value.message
     assert reads == []
+
+
+def test_key_fingerprints_match_gpg(keys: Keys) -> None:
+    from podmgr.openpgp import key_fingerprints
+
+    for name, fpr in keys.fpr.items():
+        fprs = key_fingerprints(keys.public(name))
+        assert fprs is not None and fpr in fprs, name
+    assert keys.subkey["sub"] in (key_fingerprints(keys.public("sub")) or set())
+    assert key_fingerprints(b"not a key") is None
+
+
+def test_screening_a_subkey_signature_needs_no_gpg(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from podmgr import trust
+
+    image = tmp_path / "x.aci"
+    image.write_bytes(b"x")
+    sig = keys.sign("sub", image)
+    admin = tmp_path / "trust"
+    write_key(admin, keys, "sub", "example.com")
+    write_key(admin, keys, "ed", "example.com")
+
+    def no_gpg() -> None:
+        raise AssertionError("gpg was started")
+
+    store = TrustStore(admin, None)
+    with monkeypatch.context() as m:
+        m.setattr(trust, "GnupgHome", no_gpg)
+        trust.screen(sig, "x.aci", store=store)
+        trust.screen(sig, "x.aci", store=store, name="example.com/x")
+    # A refusal may ask gpg, to explain which key it was.
+    with pytest.raises(UntrustedError, match=r"trusted only for prefix example\.com"):
+        trust.screen(sig, "x.aci", store=store, name="example.org/x")
+    keys.sign("other", image)
+    with pytest.raises(UntrustedError, match="untrusted key"):
+        trust.screen(sig, "x.aci", store=store)
