@@ -417,3 +417,23 @@ def test_a_leftover_that_cannot_be_removed_does_not_stop_commands(tmp_path: Path
         subprocess.run([chattr, "-i", str(stuck)], check=True)
     assert podmgr(state, "image", "list").stderr == ""
     assert list((state / "cas" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
+def test_validate_reads_a_layouts_manifest_only_if_small_and_regular(
+    tmp_path: Path, kind: str
+) -> None:
+    layout = tmp_path / "layout"
+    (layout / "rootfs").mkdir(parents=True)
+    man = layout / "manifest"
+    if kind == "dev-zero":
+        man.symlink_to("/dev/zero")  # read_bytes() ran until MemoryError
+    elif kind == "fifo":
+        os.mkfifo(man)  # and this hung
+    else:
+        with open(man, "wb") as f:
+            f.truncate(64 << 20)
+    p = podmgr(tmp_path / "state", "image", "validate", str(layout), timeout=60)
+    assert p.returncode == 4, p.stderr
+    assert "internal error" not in p.stderr
+    assert "not a regular file" in p.stdout or "too large" in p.stdout
