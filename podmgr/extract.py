@@ -10,6 +10,12 @@ Extraction never follows a symlink: every directory is opened relative to its pa
 with ``O_NOFOLLOW | O_DIRECTORY``, every node is created with ``O_EXCL`` semantics, and
 an entry whose parent is not a directory the archive itself created is refused.
 
+Everything is bounded (issue 18; docs/exit-codes.md): path depth and length, names,
+link targets, extended headers and entries are refused beyond fixed limits (exit 4);
+the uncompressed stream and the free space it leaves are checked against the
+configurable :class:`ImportLimits` through a :class:`Budget` (exit 10). Nothing walks a
+path recursively per level: directories are opened level by level in a loop.
+
 Decisions, from aci.md ("All files in the image MUST maintain all of their original
 properties, including timestamps, Unix modes, and extended attributes") and ace.md:
 
