@@ -26,6 +26,7 @@ from podmgr.podstate import PodRecord
 log = logger.get(__name__)
 
 
+
 def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
     return podlist.derive_state(
         garbage=record.garbage,

@@ -105,10 +105,8 @@ def test_example_pod_template() -> None:
 
 def test_examples_in_spec_text_parse() -> None:
     """The JSON blocks in aci.md and pods.md (same placeholder as image.json)."""
-    for doc, parse in (
-        ("aci.md", schema.parse_image_manifest),
-        ("pods.md", schema.parse_pod_manifest),
-    ):
+    for doc, parse in (("aci.md", schema.parse_image_manifest),
+                       ("pods.md", schema.parse_pod_manifest)):
         text = (SPEC / doc).read_text()
         block = text.split("```json\n", 1)[1].split("```", 1)[0]
         parse(block.replace('"sha512-..."', f'"{ID}"'))
@@ -128,15 +126,10 @@ def test_ac_name_good(value: str) -> None:
 def test_ac_name_bad(value: str) -> None:
     assert not schema.is_ac_name(value)
     assert invalid(schema.validate_ac_name, value, "volume").startswith("volume: ")
-    msg = invalid(
-        schema.parse_image_manifest,
-        image(
-            ports=[
-                {"name": "ok", "port": 1, "protocol": "tcp"},
-                {"name": value, "port": 2, "protocol": "tcp"},
-            ]
-        ),
-    )
+    msg = invalid(schema.parse_image_manifest, image(ports=[
+        {"name": "ok", "port": 1, "protocol": "tcp"},
+        {"name": value, "port": 2, "protocol": "tcp"},
+    ]))
     assert msg.startswith(f"app.ports[1].name: {value!r} is not a valid AC Name")
 
 
@@ -218,8 +211,7 @@ def test_date_bad(value: str) -> None:
         schema.parse_date(value)
     anns = [{"name": "created", "value": value}]
     assert invalid(schema.parse_image_manifest, {**image(), "annotations": anns}).startswith(
-        "annotations[0].value: "
-    )
+        "annotations[0].value: ")
 
 
 @pytest.mark.parametrize(("text", "expected"), sorted(TYPES["quantity"]["bytes"].items()))
@@ -236,11 +228,9 @@ def test_quantity_millicores(text: str, expected: int) -> None:
 def test_quantity_bad(text: str) -> None:
     with pytest.raises(ValueError, match="is not valid"):
         iso.parse_quantity(text)
-    isolators = [
-        {"name": "resource/cpu", "value": {"limit": "1"}},
-        {"name": "resource/memory", "value": {"limit": "1G"}},
-        {"name": "resource/memory", "value": {"request": "1", "limit": text}},
-    ]
+    isolators = [{"name": "resource/cpu", "value": {"limit": "1"}},
+                 {"name": "resource/memory", "value": {"limit": "1G"}},
+                 {"name": "resource/memory", "value": {"request": "1", "limit": text}}]
     msg = invalid(schema.parse_image_manifest, image(isolators=isolators))
     assert msg.startswith(f"app.isolators[2].value.limit: quantity {text!r} is not valid")
 
@@ -261,13 +251,11 @@ def test_quantity_upper_case_k_is_refused_with_both_spellings() -> None:
     # Kubernetes quantities: "1K" is neither 1k (1000) nor 1Ki (1024); say so.
     with pytest.raises(InvalidError) as ei:
         schema.parse_image_manifest(
-            image(isolators=[{"name": "resource/memory", "value": {"limit": "1K"}}])
-        )
+            image(isolators=[{"name": "resource/memory", "value": {"limit": "1K"}}]))
     assert "app.isolators[0].value.limit" in str(ei.value)
     assert "write 1k for 1000s or 1Ki for 1024s" in str(ei.value)
     m = schema.parse_image_manifest(
-        image(isolators=[{"name": "resource/memory", "value": {"limit": "1Ki"}}])
-    )
+        image(isolators=[{"name": "resource/memory", "value": {"limit": "1Ki"}}]))
     assert m.app is not None
     mem = m.app.isolators[0]
     assert isinstance(mem, iso.MemoryIsolator)
@@ -283,18 +271,15 @@ def _iso_id(case: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("case", TYPES["isolators"], ids=_iso_id)
 def test_app_isolator_values(case: dict[str, Any]) -> None:
-    isolators = [
-        {"name": "resource/cpu", "value": {"limit": "1"}},
-        {"name": case["name"], "value": case["value"]},
-    ]
+    isolators = [{"name": "resource/cpu", "value": {"limit": "1"}},
+                 {"name": case["name"], "value": case["value"]}]
     if case["error"] is None:
         m = schema.parse_image_manifest(image(isolators=isolators))
         assert m.app is not None and m.app.isolators[1].name == case["name"]
     else:
         msg = invalid(schema.parse_image_manifest, image(isolators=isolators))
         assert msg.startswith(f"app.isolators[1].{case['error']}") or (
-            msg.startswith("app.isolators[1]") and case["error"] in msg
-        ), msg
+            msg.startswith("app.isolators[1]") and case["error"] in msg), msg
 
 
 @pytest.mark.parametrize("case", TYPES["pod_isolators"], ids=_iso_id)
@@ -317,35 +302,24 @@ def test_unknown_isolator_is_kept_raw() -> None:
     assert json.loads(schema.dump_manifest(m))["app"]["isolators"][0]["value"] == raw
 
 
-@pytest.mark.parametrize(
-    ("first", "second", "error"),
-    [
-        ("os/linux/seccomp-remove-set", "os/linux/seccomp-retain-set", "cannot be used together"),
-        ("os/linux/seccomp-remove-set", "os/linux/seccomp-remove-set", "only a single"),
-        (
-            "os/linux/capabilities-retain-set",
-            "os/linux/capabilities-remove-set",
-            "cannot be used together",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("first", "second", "error"), [
+    ("os/linux/seccomp-remove-set", "os/linux/seccomp-retain-set", "cannot be used together"),
+    ("os/linux/seccomp-remove-set", "os/linux/seccomp-remove-set", "only a single"),
+    ("os/linux/capabilities-retain-set", "os/linux/capabilities-remove-set",
+     "cannot be used together"),
+])
 def test_isolator_combinations(first: str, second: str, error: str) -> None:
     value = {"set": ["CAP_CHOWN"]} if "capabilities" in first else {"set": ["reboot"]}
-    msg = invalid(
-        schema.parse_image_manifest,
-        image(isolators=[{"name": first, "value": value}, {"name": second, "value": value}]),
-    )
+    msg = invalid(schema.parse_image_manifest, image(isolators=[
+        {"name": first, "value": value}, {"name": second, "value": value}]))
     assert msg.startswith("app.isolators[1]: ") and error in msg
 
 
 def test_isolator_scope() -> None:
-    msg = invalid(
-        schema.parse_image_manifest,
-        image(isolators=[{"name": "os/unix/sysctl", "value": {"net.core.somaxconn": "1024"}}]),
-    )
-    assert msg == (
-        "app.isolators[0]: os/unix/sysctl applies to pods only, not to apps (ace.md: Scope)"
-    )
+    msg = invalid(schema.parse_image_manifest, image(isolators=[
+        {"name": "os/unix/sysctl", "value": {"net.core.somaxconn": "1024"}}]))
+    assert msg == ("app.isolators[0]: os/unix/sysctl applies to pods only, not to apps "
+                   "(ace.md: Scope)")
 
 
 def test_isolator_not_an_object() -> None:
@@ -357,17 +331,15 @@ def test_isolator_not_an_object() -> None:
 
 
 def test_image_manifest_fields() -> None:
-    m = schema.parse_image_manifest(
-        image(
-            supplementaryGids=[400, 500],
-            workingDirectory="/opt/work",
-            mountPoints=[{"name": "work", "path": "/var/lib/work"}],
-            ports=[{"name": "ftp-data", "port": 20000, "count": 1000, "protocol": "tcp"}],
-            userAnnotations={"any key": "v"},
-            userLabels={"team": "x"},
-            eventHandlers=[{"name": "post-stop", "exec": ["/bin/cleanup"]}],
-        )
-    )
+    m = schema.parse_image_manifest(image(
+        supplementaryGids=[400, 500],
+        workingDirectory="/opt/work",
+        mountPoints=[{"name": "work", "path": "/var/lib/work"}],
+        ports=[{"name": "ftp-data", "port": 20000, "count": 1000, "protocol": "tcp"}],
+        userAnnotations={"any key": "v"},
+        userLabels={"team": "x"},
+        eventHandlers=[{"name": "post-stop", "exec": ["/bin/cleanup"]}],
+    ))
     app = m.app
     assert app is not None
     assert app.supplementary_gids == (400, 500)
@@ -379,48 +351,29 @@ def test_image_manifest_fields() -> None:
     assert json.loads(schema.dump_manifest(m))["app"]["supplementaryGIDs"] == [400, 500]
 
 
-@pytest.mark.parametrize(
-    ("app", "error"),
-    [
-        ({"user": ""}, "app.user: must not be empty"),
-        ({"group": 0}, "app.group: input should be a valid string"),
-        ({"exec": "/bin/x"}, "app.exec: input should be a valid tuple"),
-        ({"workingDirectory": "opt"}, "app.workingDirectory: 'opt' is not an absolute path"),
-        ({"supplementaryGIDs": [-1]}, "app.supplementaryGIDs[0]: input should be greater than"),
-        ({"eventHandlers": [{"name": "pre-stop", "exec": []}]}, "app.eventHandlers[0].name: "),
-        ({"eventHandlers": [{"name": "pre-start"}]}, "app.eventHandlers[0].exec: is required"),
-        (
-            {
-                "eventHandlers": [
-                    {"name": "pre-start", "exec": ["a"]},
-                    {"name": "pre-start", "exec": []},
-                ]
-            },
-            "app.eventHandlers[1].name: only one pre-start event handler is allowed",
-        ),
-        ({"mountPoints": [{"name": "w"}]}, "app.mountPoints[0].path: is required"),
-        (
-            {"mountPoints": [{"name": "w", "path": "/w", "readOnly": "no"}]},
-            "app.mountPoints[0].readOnly: input should be a valid boolean",
-        ),
-        ({"ports": [{"name": "p", "port": 0, "protocol": "tcp"}]}, "app.ports[0].port: "),
-        ({"ports": [{"name": "p", "port": 65536, "protocol": "tcp"}]}, "app.ports[0].port: "),
-        (
-            {"ports": [{"name": "p", "port": 80, "protocol": "tcp", "count": 0}]},
-            "app.ports[0].count: ",
-        ),
-        (
-            {"ports": [{"name": "p", "port": 65535, "protocol": "tcp", "count": 2}]},
-            "app.ports[0].count: port range 65535-65536 goes beyond 65535",
-        ),
-        ({"ports": [{"name": "p", "port": 80}]}, "app.ports[0].protocol: is required"),
-        (
-            {"ports": [{"name": "p", "port": "80", "protocol": "tcp"}]},
-            "app.ports[0].port: input should be a valid integer",
-        ),
-        ({"userLabels": {"a": 1}}, "app.userLabels.a: input should be a valid string"),
-    ],
-)
+@pytest.mark.parametrize(("app", "error"), [
+    ({"user": ""}, "app.user: must not be empty"),
+    ({"group": 0}, "app.group: input should be a valid string"),
+    ({"exec": "/bin/x"}, "app.exec: input should be a valid tuple"),
+    ({"workingDirectory": "opt"}, "app.workingDirectory: 'opt' is not an absolute path"),
+    ({"supplementaryGIDs": [-1]}, "app.supplementaryGIDs[0]: input should be greater than"),
+    ({"eventHandlers": [{"name": "pre-stop", "exec": []}]}, "app.eventHandlers[0].name: "),
+    ({"eventHandlers": [{"name": "pre-start"}]}, "app.eventHandlers[0].exec: is required"),
+    ({"eventHandlers": [{"name": "pre-start", "exec": ["a"]}, {"name": "pre-start", "exec": []}]},
+     "app.eventHandlers[1].name: only one pre-start event handler is allowed"),
+    ({"mountPoints": [{"name": "w"}]}, "app.mountPoints[0].path: is required"),
+    ({"mountPoints": [{"name": "w", "path": "/w", "readOnly": "no"}]},
+     "app.mountPoints[0].readOnly: input should be a valid boolean"),
+    ({"ports": [{"name": "p", "port": 0, "protocol": "tcp"}]}, "app.ports[0].port: "),
+    ({"ports": [{"name": "p", "port": 65536, "protocol": "tcp"}]}, "app.ports[0].port: "),
+    ({"ports": [{"name": "p", "port": 80, "protocol": "tcp", "count": 0}]}, "app.ports[0].count: "),
+    ({"ports": [{"name": "p", "port": 65535, "protocol": "tcp", "count": 2}]},
+     "app.ports[0].count: port range 65535-65536 goes beyond 65535"),
+    ({"ports": [{"name": "p", "port": 80}]}, "app.ports[0].protocol: is required"),
+    ({"ports": [{"name": "p", "port": "80", "protocol": "tcp"}]},
+     "app.ports[0].port: input should be a valid integer"),
+    ({"userLabels": {"a": 1}}, "app.userLabels.a: input should be a valid string"),
+])
 def test_app_errors(app: dict[str, Any], error: str) -> None:
     assert invalid(schema.parse_image_manifest, image(**app)).startswith(error)
 
@@ -436,48 +389,28 @@ def test_app_without_user_or_exec() -> None:
     assert app is not None and app.exec is None
 
 
-@pytest.mark.parametrize(
-    ("top", "error"),
-    [
-        ({"acKind": "PodManifest"}, "acKind: input should be 'ImageManifest'"),
-        ({"acVersion": None}, "acVersion: input should be a valid string"),
-        ({"name": None}, "name: input should be a valid string"),
-        (
-            {"labels": [{"name": "name", "value": "x"}]},
-            'labels[0].name: a label cannot be called "name"',
-        ),
-        (
-            {"labels": [{"name": "os", "value": "linux"}, {"name": "os", "value": "linux"}]},
-            "labels[1].name: duplicate label name 'os'",
-        ),
-        (
-            {"labels": [{"name": "os", "value": "plan9"}]},
-            "labels[0].value: os 'plan9' is not supported",
-        ),
-        (
-            {"labels": [{"name": "arch", "value": "amd64"}, {"name": "os", "value": "darwin"}]},
-            "labels[0].value: arch 'amd64' is not supported with os 'darwin'",
-        ),
-        (
-            {"labels": [{"name": "version", "value": 1}]},
-            "labels[0].value: input should be a valid string",
-        ),
-        (
-            {"annotations": [{"name": "a", "value": ""}, {"name": "a", "value": ""}]},
-            "annotations[1].name: duplicate annotation name 'a'",
-        ),
-        (
-            {"annotations": [{"name": "homepage", "value": "ftp://example.com"}]},
-            "annotations[0].value: 'ftp://example.com' is not an http or https URL",
-        ),
-        ({"dependencies": [{"imageID": ID}]}, "dependencies[0].imageName: is required"),
-        ({"dependencies": [{"imageName": "x", "size": -1}]}, "dependencies[0].size: "),
-        (
-            {"pathWhitelist": ["etc/passwd"]},
-            "pathWhitelist[0]: 'etc/passwd' is not an absolute path",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("top", "error"), [
+    ({"acKind": "PodManifest"}, "acKind: input should be 'ImageManifest'"),
+    ({"acVersion": None}, "acVersion: input should be a valid string"),
+    ({"name": None}, "name: input should be a valid string"),
+    ({"labels": [{"name": "name", "value": "x"}]},
+     'labels[0].name: a label cannot be called "name"'),
+    ({"labels": [{"name": "os", "value": "linux"}, {"name": "os", "value": "linux"}]},
+     "labels[1].name: duplicate label name 'os'"),
+    ({"labels": [{"name": "os", "value": "plan9"}]},
+     "labels[0].value: os 'plan9' is not supported"),
+    ({"labels": [{"name": "arch", "value": "amd64"}, {"name": "os", "value": "darwin"}]},
+     "labels[0].value: arch 'amd64' is not supported with os 'darwin'"),
+    ({"labels": [{"name": "version", "value": 1}]},
+     "labels[0].value: input should be a valid string"),
+    ({"annotations": [{"name": "a", "value": ""}, {"name": "a", "value": ""}]},
+     "annotations[1].name: duplicate annotation name 'a'"),
+    ({"annotations": [{"name": "homepage", "value": "ftp://example.com"}]},
+     "annotations[0].value: 'ftp://example.com' is not an http or https URL"),
+    ({"dependencies": [{"imageID": ID}]}, "dependencies[0].imageName: is required"),
+    ({"dependencies": [{"imageName": "x", "size": -1}]}, "dependencies[0].size: "),
+    ({"pathWhitelist": ["etc/passwd"]}, "pathWhitelist[0]: 'etc/passwd' is not an absolute path"),
+])
 def test_image_manifest_errors(top: dict[str, Any], error: str) -> None:
     assert invalid(schema.parse_image_manifest, {**image(), **top}).startswith(error)
 
@@ -495,14 +428,11 @@ def test_unknown_fields_are_ignored() -> None:
     assert "futureField" not in schema.dump_manifest(parsed)
 
 
-@pytest.mark.parametrize(
-    ("data", "error"),
-    [
-        (b"{", "image manifest is not valid JSON: "),
-        (b"\xff", "image manifest is not valid JSON: "),
-        ("[]", "image manifest must be a JSON object"),
-    ],
-)
+@pytest.mark.parametrize(("data", "error"), [
+    (b"{", "image manifest is not valid JSON: "),
+    (b"\xff", "image manifest is not valid JSON: "),
+    ("[]", "image manifest must be a JSON object"),
+])
 def test_not_json(data: bytes | str, error: str) -> None:
     assert invalid(schema.parse_image_manifest, data).startswith(error)
 
@@ -526,78 +456,38 @@ def _pod_with(path: str, value: Any) -> dict[str, Any]:
     return p
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "error"),
-    [
-        ("apps.0.name", "A", "apps[0].name: 'A' is not a valid AC Name"),
-        ("apps.0.image", {"name": "example.com/x"}, "apps[0].image.id: is required"),
-        (
-            "apps.0.readOnlyRootFS",
-            "true",
-            "apps[0].readOnlyRootFS: input should be a valid boolean",
-        ),
-        (
-            "apps.0.mounts",
-            [{"volume": "nope", "path": "/x"}],
-            "apps[0].mounts[0].volume: no volume named 'nope' in volumes",
-        ),
-        ("apps.0.mounts", [{"volume": "v"}], "apps[0].mounts[0].path: is required"),
-        (
-            "apps.0.mounts",
-            [{"volume": "w", "path": "/w", "appVolume": {"name": "w", "kind": "host"}}],
-            'apps[0].mounts[0].appVolume.source: a "host" volume needs a source path',
-        ),
-        (
-            "apps.0.annotations",
-            [{"name": "example.com/a", "value": "x"}],
-            "apps[0].annotations[0].name: 'example.com/a' is not a valid AC Name",
-        ),
-        ("apps.0.app", {"user": "0"}, "apps[0].app.group: is required"),
-        (
-            "volumes",
-            [{"name": "v", "kind": "other"}],
-            "volumes[0].kind: input should be 'host' or 'empty'",
-        ),
-        (
-            "volumes",
-            [{"name": "v", "kind": "host", "source": "data"}],
-            "volumes[0].source: 'data' is not an absolute path",
-        ),
-        (
-            "volumes",
-            [{"name": "v", "kind": "empty", "mode": "rwx"}],
-            "volumes[0].mode: 'rwx' is not an octal permission mode",
-        ),
-        ("volumes", [{"name": "v", "kind": "empty", "uid": -1}], "volumes[0].uid: "),
-        (
-            "volumes",
-            [{"name": "v", "kind": "empty"}, {"name": "v", "kind": "empty"}],
-            "volumes[1].name: duplicate name 'v'",
-        ),
-        (
-            "annotations",
-            [{"name": "a.b", "value": ""}],
-            "annotations[0].name: 'a.b' is not a valid AC Name",
-        ),
-        ("ports", [{"name": "p", "hostPort": 0}], "ports[0].hostPort: "),
-        (
-            "ports",
-            [{"name": "p", "hostPort": 80, "hostIP": "::1"}],
-            "ports[0].hostIP: '::1' is not an IPv4 address",
-        ),
-        (
-            "ports",
-            [{"name": "p", "hostPort": 80}, {"name": "p", "hostPort": 81}],
-            "ports[1].name: duplicate name 'p'",
-        ),
-        (
-            "ports",
-            [{"name": "p", "hostPort": 80, "podPort": {"name": "p", "port": 80}}],
-            "ports[0].podPort.protocol: is required",
-        ),
-        ("userAnnotations", {"k": 1}, "userAnnotations.k: input should be a valid string"),
-    ],
-)
+@pytest.mark.parametrize(("path", "value", "error"), [
+    ("apps.0.name", "A", "apps[0].name: 'A' is not a valid AC Name"),
+    ("apps.0.image", {"name": "example.com/x"}, "apps[0].image.id: is required"),
+    ("apps.0.readOnlyRootFS", "true", "apps[0].readOnlyRootFS: input should be a valid boolean"),
+    ("apps.0.mounts", [{"volume": "nope", "path": "/x"}],
+     "apps[0].mounts[0].volume: no volume named 'nope' in volumes"),
+    ("apps.0.mounts", [{"volume": "v"}], "apps[0].mounts[0].path: is required"),
+    ("apps.0.mounts", [{"volume": "w", "path": "/w", "appVolume": {"name": "w", "kind": "host"}}],
+     "apps[0].mounts[0].appVolume.source: a \"host\" volume needs a source path"),
+    ("apps.0.annotations", [{"name": "example.com/a", "value": "x"}],
+     "apps[0].annotations[0].name: 'example.com/a' is not a valid AC Name"),
+    ("apps.0.app", {"user": "0"}, "apps[0].app.group: is required"),
+    ("volumes", [{"name": "v", "kind": "other"}],
+     "volumes[0].kind: input should be 'host' or 'empty'"),
+    ("volumes", [{"name": "v", "kind": "host", "source": "data"}],
+     "volumes[0].source: 'data' is not an absolute path"),
+    ("volumes", [{"name": "v", "kind": "empty", "mode": "rwx"}],
+     "volumes[0].mode: 'rwx' is not an octal permission mode"),
+    ("volumes", [{"name": "v", "kind": "empty", "uid": -1}], "volumes[0].uid: "),
+    ("volumes", [{"name": "v", "kind": "empty"}, {"name": "v", "kind": "empty"}],
+     "volumes[1].name: duplicate name 'v'"),
+    ("annotations", [{"name": "a.b", "value": ""}],
+     "annotations[0].name: 'a.b' is not a valid AC Name"),
+    ("ports", [{"name": "p", "hostPort": 0}], "ports[0].hostPort: "),
+    ("ports", [{"name": "p", "hostPort": 80, "hostIP": "::1"}],
+     "ports[0].hostIP: '::1' is not an IPv4 address"),
+    ("ports", [{"name": "p", "hostPort": 80}, {"name": "p", "hostPort": 81}],
+     "ports[1].name: duplicate name 'p'"),
+    ("ports", [{"name": "p", "hostPort": 80, "podPort": {"name": "p", "port": 80}}],
+     "ports[0].podPort.protocol: is required"),
+    ("userAnnotations", {"k": 1}, "userAnnotations.k: input should be a valid string"),
+])
 def test_pod_errors(path: str, value: Any, error: str) -> None:
     assert invalid(schema.parse_pod_manifest, _pod_with(path, value)).startswith(error)
 
@@ -612,17 +502,11 @@ def test_pod_duplicate_apps_and_missing_apps() -> None:
 
 
 def test_pod_fields() -> None:
-    p = _pod_with(
-        "apps.0.mounts",
-        [
-            {"volume": "v", "path": "/v"},
-            {
-                "volume": "own",
-                "path": "/o",
-                "appVolume": {"name": "own", "kind": "host", "source": "/srv"},
-            },
-        ],
-    )
+    p = _pod_with("apps.0.mounts", [
+        {"volume": "v", "path": "/v"},
+        {"volume": "own", "path": "/o",
+         "appVolume": {"name": "own", "kind": "host", "source": "/srv"}},
+    ])
     p["ports"] = [{"name": "http", "hostPort": 8080, "hostIP": "203.0.113.23"}]
     p["userLabels"] = {"a": "b"}
     m = schema.parse_pod_manifest(p)
@@ -647,11 +531,9 @@ def test_round_trip_examples() -> None:
         text = path.read_text().replace('"sha512-..."', f'"{ID}"')
         if "pod" in path.name:
             m1: schema.ImageManifest | schema.PodManifest = schema.parse_pod_manifest(
-                text, template=True
-            )
+                text, template=True)
             m2: schema.ImageManifest | schema.PodManifest = schema.parse_pod_manifest(
-                schema.dump_manifest(m1), template=True
-            )
+                schema.dump_manifest(m1), template=True)
         else:
             m1 = schema.parse_image_manifest(text)
             m2 = schema.parse_image_manifest(schema.dump_manifest(m1))
