@@ -504,3 +504,4 @@ def pod_sysctls(manifest: Any) -> dict[str, str]:
     return {
         k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
     }
+
