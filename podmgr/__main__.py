@@ -3,6 +3,7 @@ seen before, else into click), map errors to exit codes."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -29,10 +30,49 @@ def _fail(message: str, hint: str | None, code: int) -> NoReturn:
     sys.exit(code)
 
 
+_SPACE_HINT = (
+    "free space on the filesystem of podmgr's state directory (--dir; /var/lib/podmgr "
+    "by default), then try again"
+)
+
+
+def _environmental(e: BaseException) -> PodmgrError | None:
+    """An error of the machine, not of podmgr, as one line: a full or read-only disk, a
+    file the user may not read, the image store's database failing on either. Caught
+    here, once, wherever in podmgr it came from."""
+    from podmgr.errors import ROOT_HINT, PermissionDenied
+
+    root = os.geteuid() == 0
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(e, sqlite3.Error):
+        if not root:
+            return PermissionDenied(f"the image store's database: {e}", hint=ROOT_HINT)
+        return PodmgrError(f"the image store's database failed: {e}", hint=_SPACE_HINT)
+    if not isinstance(e, OSError):
+        return None
+    where = f": {e.filename}" if e.filename else ""
+    if isinstance(e, PermissionError):
+        return PermissionDenied(
+            f"permission denied{where}",
+            hint=ROOT_HINT if not root else "check that file's permissions and attributes",
+        )
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PodmgrError(f"no space left on the device{where}", hint=_SPACE_HINT)
+    if e.errno == errno.EROFS:
+        return PodmgrError(
+            f"read-only file system{where}", hint="podmgr's state directory must be writable"
+        )
+    return None
+
+
 def _failed(e: BaseException, debug: bool) -> NoReturn:
     """Exit for an exception that is not click's own."""
     if isinstance(e, KeyboardInterrupt):
         _fail("interrupted", None, ExitCode.INTERRUPTED)
+    if not isinstance(e, PodmgrError) and (known := _environmental(e)) is not None:
+        if debug:
+            log.exception("traceback")
+        _fail(known.message, known.hint, int(known.exit_code))
     if isinstance(e, PodmgrError):
         if debug:
             log.exception("traceback")
@@ -59,6 +99,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # (bench/pod_start). Rarer passes, not none: `run` may follow a pod for days.
     gc.set_threshold(100_000, 50, 100)
     args = sys.argv[1:] if argv is None else list(argv)
+
+    # The metadata service goes without click too: it is socket-activated, and its
+    # start-up is what an app's first request waits for.
+    if "metadata-service" in args:
+        from podmgr import metadata
+
+        try:
+            code = metadata.main(args)
+        except BaseException as e:
+            _failed(e, "--debug" in args)
+        if code is not None:
+            sys.exit(code)
 
     # A run or start seen before goes without click (podmgr.fastpath).
     from podmgr import fastpath

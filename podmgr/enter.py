@@ -6,14 +6,15 @@ the same :func:`podmgr.units.app_properties` as the app itself: the same root di
 user and groups, capability bounding and ambient sets, seccomp filter, no_new_privs,
 environment, network and IPC namespaces (``JoinsNamespaceOf=`` the app's unit), in the
 pod's slice. Only the life cycle differs: no restart, no event handlers, no exit hooks,
-and the caller's stdin, stdout and stderr passed over D-Bus instead of the journal.
+and the caller's stdin, stdout and stderr passed over D-Bus instead of the journal; on a
+terminal, a pty of its own as its controlling terminal instead (:mod:`podmgr.terminal`).
 
 Before starting it, the result is checked against the running app unit as systemd
 reports it: the user and group must be the same, the seccomp filter identical, and the
 capability sets and no_new_privs are intersected with the app's, so that the entered
 command never holds anything the app does not.
 
-``podmgr run --interactive`` uses the same stdio passing for a one-app pod's app.
+``podmgr run --interactive`` gives a one-app pod's app its stdio the same way.
 """
 
 from __future__ import annotations
@@ -66,7 +67,15 @@ def stdio_properties(fds: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def with_stdio(props: Mapping[str, Any], fds: Sequence[int]) -> dict[str, Any]:
+def with_stdio(
+    props: Mapping[str, Any], fds: Sequence[int], tty: str | None = None
+) -> dict[str, Any]:
+    """``props`` with ``fds`` as the unit's stdio; with ``tty`` (a pty's slave, see
+    :mod:`podmgr.terminal`), that terminal instead, as its controlling one too."""
+    if tty is not None:
+        from podmgr import terminal
+
+        return terminal.with_terminal(props, tty, fds)
     out = {k: v for k, v in props.items() if k not in ("StandardOutput", "StandardError")}
     out.update(stdio_properties(fds))
     return out
@@ -79,8 +88,12 @@ def enter_properties(
     app_unit: str,
     argv: Sequence[str],
     stdio: Sequence[int],
+    join_pid: int | None = None,
+    tty: str | None = None,
 ) -> dict[str, Any]:
-    """The entered command's unit: the app's own properties, minus its life cycle."""
+    """The entered command's unit: the app's own properties, minus its life cycle, in
+    the namespaces of the app's process ``join_pid`` (its PID namespace: the app's
+    processes, and no other)."""
     entered = dataclasses.replace(
         app,
         exec=tuple(argv),
@@ -88,7 +101,13 @@ def enter_properties(
         post_stop=None,
         restart=units.RestartPolicy.NO,
     )
-    props = units.app_properties(entered, dataclasses.replace(pod, exit_hook=()), others=[app_unit])
+    props = units.app_properties(
+        entered,
+        dataclasses.replace(pod, exit_hook=()),
+        others=[app_unit],
+        shim_mode=units.ShimMode.JOIN,
+        join_pid=join_pid,
+    )
     for key in ("OnSuccess", "OnFailure", "ExecStartPreEx", "ExecStopPostEx"):
         props.pop(key, None)
     # The command runs as given: systemd must not expand $VARS in it ("$$" in sh -c).
@@ -102,7 +121,7 @@ def enter_properties(
     props["CollectMode"] = "inactive-or-failed"
     # Keeps the unit loaded, after it ends, until this client has read its exit status.
     props["AddRef"] = True
-    return with_stdio(props, stdio)
+    return with_stdio(props, stdio, tty)
 
 
 def _filter_names(value: Any) -> tuple[bool, set[str]]:
@@ -132,8 +151,9 @@ def confine_to_running(props: dict[str, Any], running: Mapping[str, Any]) -> dic
             hint="the pod was started by another podmgr version; restart the pod",
         )
     if "CapabilityBoundingSet" in running:
-        out["CapabilityBoundingSet"] = int(props["CapabilityBoundingSet"]) & int(
-            running["CapabilityBoundingSet"]
+        # What podmgr-exec needs to enter is its own, dropped before the command runs.
+        out["CapabilityBoundingSet"] = int(props["CapabilityBoundingSet"]) & (
+            int(running["CapabilityBoundingSet"]) | units.caps_mask(units.SHIM_JOIN_CAPS)
         )
     if "AmbientCapabilities" in out:
         out["AmbientCapabilities"] = int(out["AmbientCapabilities"]) & int(
@@ -157,6 +177,13 @@ def resolve_command(app: AppRecord, argv: list[str]) -> list[str]:
     from podmgr import rootfs as rootfs_mod
 
     if argv[0].startswith("/"):
+        # Checked here: podmgr-exec could only say so from inside the app, as an exit.
+        found = _resolve(app.rootfs, argv[0])
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            raise NotFoundError(
+                f"cannot run {argv[0]} in app {app.name}: no such executable file",
+                hint="give the path of an executable inside the app",
+            )
         return argv
     path_env = app.environment.get("PATH", units.APPC_PATH)
     try:
@@ -239,7 +266,7 @@ def enter(
     stdio: Sequence[int] | None = None,
 ) -> int:
     """Run ``argv`` in the app, wait for it, and return its exit code."""
-    from podmgr import pod, systemd
+    from podmgr import pod, systemd, terminal
 
     require_root("entering a pod")
     record = podstate.load(podstate.pod_dir(state, uuid))
@@ -249,7 +276,7 @@ def enter(
     plan = pod.plan(state, record, pod.isolators_of(state, uuid, None))
     app_plan = next(a for a in plan.apps if a.name == target.name)
     fds = list(stdio) if stdio is not None else _std_fds()
-    with systemd.connect(bus) as sd:
+    with systemd.connect(bus) as sd, contextlib.ExitStack() as stack:
         running = sd.unit_properties(target.unit)
         if running.get("ActiveState") != "active":
             raise ConflictError(
@@ -257,7 +284,26 @@ def enter(
                 hint=f"podmgr status {uuid}",
             )
         command = resolve_command(target, list(argv) or default_command(target.rootfs))
-        props = enter_properties(app_plan, plan, app_unit=target.unit, argv=command, stdio=fds)
+        from podmgr.hook import app_process
+
+        join_pid = app_process(int(running.get("MainPID") or 0))
+        if not join_pid:
+            raise ConflictError(
+                f"app {target.name} of pod {uuid} has no process to enter",
+                hint=f"podmgr status {uuid}",
+            )
+        pty = None
+        if stdio is None and terminal.wanted(fds):
+            pty = stack.enter_context(terminal.open_pty(fds[0]))
+        props = enter_properties(
+            app_plan,
+            plan,
+            app_unit=target.unit,
+            argv=command,
+            stdio=fds,
+            join_pid=join_pid,
+            tty=pty.path if pty else None,
+        )
         # The app's environment as systemd has it (AC_METADATA_URL was fixed at start).
         if running.get("Environment"):
             props["Environment"] = list(running["Environment"])
@@ -268,29 +314,34 @@ def enter(
             ]
         props = confine_to_running(props, running)
         unit = enter_unit(uuid, target.name)
-        with forward_signals(bus, unit):
+
+        def run() -> dict[str, Any]:
             try:
                 sd.start_transient_unit(unit, props)
             except systemd.JobFailedError:
-                status = sd.unit_status(unit)
+                failed = sd.unit_status(unit)
                 with contextlib.suppress(systemd.BusError):
                     sd.reset_failed_unit(unit)
                 raise PodmgrError(
                     f"cannot run {command[0]} in app {target.name}"
-                    f" (exit status {status.get('ExecMainStatus')})",
+                    f" (exit status {failed.get('ExecMainStatus')})",
                     hint="the command must exist in the app's root and be executable by its user",
                     exit_code=ExitCode.NOT_FOUND,
                 ) from None
-            status = sd.wait_for_state(unit)
+            return sd.wait_for_state(unit)
+
+        with forward_signals(bus, unit):
+            status = run() if pty is None else terminal.session(pty, fds, run)
         with contextlib.suppress(systemd.BusError):
             sd.reset_failed_unit(unit)
     return exit_code(status)
 
 
 def run_interactive(state: Path, uuid: str, *, bus: str | None = None) -> int:
-    """Start a prepared one-app pod with the caller's stdio as the app's; wait; return
-    the pod's exit code. Signals from the terminal go to the app."""
-    from podmgr import launch
+    """Start a prepared one-app pod with the caller's stdio as the app's (on a terminal,
+    a pty of its own: :mod:`podmgr.terminal`); wait; return the pod's exit code. Signals
+    from the terminal go to the app."""
+    from podmgr import launch, terminal
 
     record = podstate.load(podstate.pod_dir(state, uuid))
     if len(record.apps) != 1:
@@ -298,10 +349,18 @@ def run_interactive(state: Path, uuid: str, *, bus: str | None = None) -> int:
             f"--interactive needs a pod of one app; this one has {len(record.apps)}",
         )
     fds = _std_fds()
-    with forward_signals(bus, record.apps[0].unit):
-        return launch.wait(
-            state,
-            uuid,
-            bus=bus,
-            starting=lambda sd: launch.start(state, uuid, bus=bus, stdio=fds, sd=sd),
-        )
+    with forward_signals(bus, record.apps[0].unit), contextlib.ExitStack() as stack:
+        pty = None
+        if terminal.wanted(fds):
+            pty = stack.enter_context(terminal.open_pty(fds[0]))
+        tty = pty.path if pty else None
+
+        def run() -> int:
+            return launch.wait(
+                state,
+                uuid,
+                bus=bus,
+                starting=lambda sd: launch.start(state, uuid, bus=bus, stdio=fds, tty=tty, sd=sd),
+            )
+
+        return run() if pty is None else terminal.session(pty, fds, run)

@@ -125,11 +125,13 @@ class Interrupted(PodmgrError):
     exit_code = ExitCode.INTERRUPTED
 
 
+#: The hint of every error that root would not have had.
+ROOT_HINT = "run it again with sudo, or as root"
+
+
 def require_root(what: str) -> None:
     """Raise PermissionDenied unless running as root."""
     import os
 
     if os.geteuid() != 0:
-        raise PermissionDenied(
-            f"{what} needs root privileges", hint="run it again with sudo, or as root"
-        )
+        raise PermissionDenied(f"{what} needs root privileges", hint=ROOT_HINT)

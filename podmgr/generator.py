@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -123,7 +124,9 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """(first line number, line) with systemd's backslash continuations joined."""
     buf: list[str] = []
     start = 0
-    for n, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only, as systemd reads them: str.splitlines() would also end one
+    # at \v, \f, \x1c-\x1e, \x85 and U+2028, which _check_characters refuses anyway.
+    for n, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not buf:
             start = n
@@ -141,15 +144,43 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
         yield start, " ".join(p.strip() for p in buf).strip()
 
 
+# systemd's keys, and its X- extensions (X-Foo-Bar=) in [Unit], [Service] and [Install].
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# C0 and C1 controls, DEL, and Unicode's line and paragraph separators: systemd ends a
+# line at some of them (a NUL let a value inject ExecStart= into the unit), and none
+# has a place in a value. Tab is whitespace; "\r" only ends a line (CRLF files).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _where(line: str) -> str:
+    """Where in a line something is wrong, by its key only: the value may be a secret
+    (a password in Environment=, or the first line of whatever file a .pod links to),
+    and the message goes to the world-readable unit."""
+    if line.lstrip().startswith("["):
+        return " in a section header"
+    key = line.split("=", 1)[0].strip() if "=" in line else ""
+    return f" in the value of {key}=" if _KEY.fullmatch(key) else ""
+
+
+def _check_characters(text: str) -> None:
+    for n, raw in enumerate(text.split("\n"), 1):
+        m = _CONTROL.search(raw.removesuffix("\r"))
+        if m:
+            raise PodFileError(
+                n, f"control character U+{ord(m.group()):04X}{_where(raw)} (not allowed)"
+            )
+
+
 def parse(text: str) -> PodFile:
     """A ``.pod`` file's sections, checked; raises :class:`PodFileError`."""
+    _check_characters(text)
     sections: list[Section] = []
     current: Section | None = None
     for n, line in _logical_lines(text):
         if line.startswith("["):
             m = re.fullmatch(r"\[([A-Za-z]+)(?:\s+([^\]]*?))?\s*\]", line)
             if not m:
-                raise PodFileError(n, f"malformed section header {line!r}")
+                raise PodFileError(n, "malformed section header")
             name, arg = m.group(1), m.group(2)
             if name not in ("Pod", "App", *PASSTHROUGH):
                 raise PodFileError(
@@ -160,9 +191,9 @@ def parse(text: str) -> PodFile:
             if name == "App":
                 if not arg:
                     raise PodFileError(n, "[App] needs a name: [App NAME]")
-                if not _AC_NAME.match(arg):
+                if not _AC_NAME.fullmatch(arg):
                     raise PodFileError(
-                        n, f"invalid app name {arg!r} (lower-case letters, digits and dashes)"
+                        n, "invalid app name in [App NAME] (lower-case letters, digits, dashes)"
                     )
                 if any(s.name == "App" and s.arg == arg for s in sections):
                     raise PodFileError(n, f"duplicate section [App {arg}]")
@@ -174,10 +205,12 @@ def parse(text: str) -> PodFile:
             sections.append(current)
             continue
         if "=" not in line:
-            raise PodFileError(n, f"expected KEY=VALUE, got {line!r}")
+            raise PodFileError(n, "expected KEY=VALUE")
         if current is None:
             raise PodFileError(n, "assignment outside of any section")
         key, value = (p.strip() for p in line.split("=", 1))
+        if not _KEY.fullmatch(key):
+            raise PodFileError(n, "expected KEY=VALUE, with a key of letters, digits, - and _")
         if current.name in ("Pod", "App"):
             keys = POD_KEYS if current.name == "Pod" else APP_KEYS
             if key not in keys:
@@ -191,7 +224,7 @@ def parse(text: str) -> PodFile:
     if manifest and apps:
         raise PodFileError(apps[0].line, "[App] sections and PodManifest= exclude each other")
     if not apps and not manifest:
-        raise PodFileError(max(1, len(text.splitlines())), "no [App NAME] section")
+        raise PodFileError(max(1, text.rstrip("\n").count("\n") + 1), "no [App NAME] section")
     for a in apps:
         if not a.values("Image"):
             raise PodFileError(a.line, f"[App {a.arg}] has no Image=")
@@ -206,19 +239,19 @@ def _check_value(n: int, section: str, key: str, kind: str, value: str, sec: Sec
     if kind in ("str", "bool") and sec.values(key):
         raise PodFileError(n, f"{key}= given twice")
     if kind == "bool" and value.lower() not in _BOOLS:
-        raise PodFileError(n, f"{key}={value}: expected yes or no")
+        raise PodFileError(n, f"{key}=: expected yes or no")
     if kind == "words" or key in ("Exec", "Args"):
         try:
             words = shlex.split(value)
         except ValueError as e:
             raise PodFileError(n, f"{key}=: {e}") from None
         if kind == "words" and not all("=" in w for w in words):
-            raise PodFileError(n, f"{key}={value}: expected NAME=VALUE")
+            raise PodFileError(n, f"{key}=: expected NAME=VALUE")
         if key == "Exec" and not words:
             raise PodFileError(n, "Exec= is empty")
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
-        raise PodFileError(n, f"{key}={value}: expected one of {', '.join(choices)}")
+        raise PodFileError(n, f"{key}=: expected one of {', '.join(choices)}")
     if key == "Image" and not value:
         raise PodFileError(n, "Image= is empty")
 
@@ -336,10 +369,10 @@ def unit_text(name: str, source: str, pf: PodFile, podmgr: Sequence[str] = DEFAU
     return "\n".join(lines) + "\n"
 
 
-def error_message(source: str, e: PodFileError | OSError) -> str:
+def error_message(source: str, e: PodFileError | NotAPodFile) -> str:
     if isinstance(e, PodFileError):
         return f"{source}:{e.line}: {e.message}"
-    return f"{source}: {e.strerror or e}"
+    return str(e)
 
 
 def error_unit_text(name: str, source: str, message: str) -> str:
@@ -384,6 +417,53 @@ def find_pod_files(search: Sequence[str] = SEARCH_PATH) -> dict[str, Path]:
     return found
 
 
+#: A .pod file is a few hundred bytes; anything this large is not one, and the generator
+#: runs early at boot, where reading (or decoding) without a bound could take it all.
+MAX_POD_FILE = 1 << 20
+
+
+class NotAPodFile(Exception):
+    """A file the generator refuses to read; the message names no byte of its content."""
+
+
+def read_pod_file(path: Path, limit: int = MAX_POD_FILE) -> str:
+    """The text of a ``.pod`` file that is a regular file (or a symlink to one) of at
+    most ``limit`` bytes of UTF-8. Never blocks: a FIFO, a device (/dev/zero) or a
+    socket is refused by its type before it is opened, and opened with O_NONBLOCK in
+    case it was swapped for one since; fstat(2) then checks the file really opened."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAPodFile(f"{path}: not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NotAPodFile(f"{path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAPodFile(f"{path}: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise NotAPodFile(f"{path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise NotAPodFile(f"{path}: larger than {limit} bytes, not a pod file")
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise NotAPodFile(f"{path}:{line}: not UTF-8 text") from None
+
+
 def log(message: str) -> None:
     print(f"podmgr-generator: {message}", file=sys.stderr)
     try:
@@ -425,13 +505,17 @@ def generate(
     for name, path in find_pod_files(search).items():
         unit = f"{name}.service"
         if not _UNIT_NAME.match(name) or "@" in name:
-            log(f"{path}: {name!r} is not a valid unit name; no unit generated")
+            log(f"{path.parent}: {name!r} is not a valid unit name; no unit generated")
             continue
         try:
-            pf = parse(path.read_text(errors="replace"))
+            pf = parse(read_pod_file(path))
             units[unit] = unit_text(name, str(path), pf, podmgr)
-        except (PodFileError, OSError) as e:
+        except (PodFileError, NotAPodFile) as e:
             msg = error_message(str(path), e)
+            log(msg)
+            units[unit] = error_unit_text(name, str(path), msg)
+        except Exception as e:  # a bug here must cost this file its unit, not all of them
+            msg = f"{path}: internal error: {type(e).__name__}"
             log(msg)
             units[unit] = error_unit_text(name, str(path), msg)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,64 @@ def leader(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return next((a for a in apps if a.get("restart", "no") == "no"), None)
 
 
+def _status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return {}
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _is_ns_init(status: Mapping[str, str]) -> bool:
+    nspid = status.get("NSpid", "").split()
+    return len(nspid) > 1 and nspid[-1] == "1"
+
+
+def app_process(main_pid: int) -> int:
+    """The app's own process, given its unit's main process: podmgr-exec, the app's
+    parent (docs/pods.md), or the app itself (a unit started otherwise). 0 if it is gone."""
+    if not main_pid or _is_ns_init(_status(main_pid)):
+        return main_pid
+    try:
+        with open(f"/proc/{main_pid}/task/{main_pid}/children", "rb") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return 0
+    inits = [c for c in children if _is_ns_init(_status(c))]
+    return inits[0] if len(inits) == 1 else 0
+
+
+def ignores_sigterm(main_pid: int) -> bool:
+    """Whether SIGTERM cannot end the app of the unit whose main process is
+    ``main_pid``: the app is PID 1 of its PID namespace (podmgr-exec), with no handler
+    for it. The kernel delivers such a process no signal it does not handle but SIGKILL,
+    so it would end only once systemd's stop timeout ran out and sent SIGKILL."""
+    pid = app_process(main_pid)
+    status = _status(pid) if pid else {}
+    if not _is_ns_init(status):
+        return False
+    caught = int(status.get("SigCgt", "0").strip() or "0", 16)
+    return not caught & (1 << (signal.SIGTERM - 1))
+
+
+def kill_deaf_apps(
+    sd: Any, pdir: Path, apps: Sequence[Mapping[str, Any]], states: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Before the pod's stop: SIGKILL to the running apps that SIGTERM cannot end
+    (:func:`ignores_sigterm`; ``states``: their units' MainPID), which would otherwise
+    hold the stop for systemd's stop timeout, as ``docker stop`` waits. What systemd
+    sends after that timeout, at once; their end is recorded as the stop's, not as a
+    failure (:func:`record_exit`)."""
+    for a in apps:
+        pid = int((states.get(a["unit"]) or {}).get("MainPID") or 0)
+        if pid and ignores_sigterm(pid):
+            with contextlib.suppress(OSError):
+                names.stop_kill_marker(pdir, a["name"]).touch()
+            with contextlib.suppress(SystemdError):
+                sd.kill_unit(a["unit"], int(signal.SIGKILL))
+
+
 def record_exit(
     pdir: Path,
     app: str,
@@ -108,6 +166,10 @@ def record_exit(
     """Write the app's ``exit.json`` unless it has one (``podmgr run`` may have been
     first, from the same unit properties); whether this call wrote it."""
     result, code, status, sig = exit
+    if result != "success" and sig == "KILL" and names.stop_kill_marker(pdir, app).exists():
+        # The pod's own stop ended it so (kill_deaf_apps), in place of a SIGTERM that it
+        # could not receive: stopped, as SIGTERM would have been, not failed.
+        result = "success"
     exit_record = {
         "name": app, "result": result, "code": code, "status": status, "signal": sig,
         "restarts": restarts, "time": datetime.now(UTC).isoformat(),
@@ -164,7 +226,7 @@ def app_ended(
     unit = next(a["unit"] for a in apps if a["name"] == app)
     sockets = socket_apps(pdir)
     others = [a["unit"] for a in apps if a["name"] != app]
-    states = sd.read_properties([slice_unit, *others], ("ActiveState", "Job"))
+    states = sd.read_properties([slice_unit, *others], ("ActiveState", "Job", "MainPID"))
     pod = states.pop(slice_unit)
     if pod["ActiveState"] in ("deactivating", "inactive") or pod["Job"][0]:
         # A slice's only job once its apps run is its stop: the pod is ending.
@@ -176,6 +238,7 @@ def app_ended(
             sd.stop_unit(unit.removesuffix(".service") + ".socket", wait=False)
     policy = record.get("exit_policy", "on-any-failure")
     if stops_pod(apps, app, exit, any(map(alive, states.values())), policy):
+        kill_deaf_apps(sd, pdir, [a for a in apps if a["name"] != app], states)
         # Once the stop job is queued no app starts again, so the roots can go.
         sd.stop_unit(slice_unit, wait=False)
         _unmount_roots(apps)

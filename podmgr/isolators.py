@@ -12,7 +12,8 @@ ones it ignored — so the executor, not the parser, has to see them.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import Context, Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -54,6 +55,7 @@ __all__ = [
     "Str",
     "SysctlIsolator",
     "UnknownIsolator",
+    "check_applicable",
     "check_isolator_set",
     "fail",
     "parse_quantity",
@@ -103,7 +105,9 @@ AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*\Z")
 # but no Kubernetes parser accepts "1K" and it is ambiguous between 1000 and 1024, so it
 # is refused with a hint naming both spellings. Exponent forms ("1e3") and signs are
 # refused too: they are not in ace.md's list.
-_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# ASCII digits only ("\d" would take any script's), and \Z, not $, which allows a
+# trailing newline.
+_QUANTITY_RE = re.compile(r"(\d+(?:\.\d+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?\Z", re.ASCII)
 _SUFFIX = {
     "": Decimal(1),
     "m": Decimal("0.001"),
@@ -114,12 +118,22 @@ _QUANTITY_HINT = (
     "use a number with an optional suffix: m (milli), k, M, G, T, P, E, "
     "or a binary suffix such as Ki, Mi, Gi"
 )
+#: No quantity needs more characters; a longer one is refused before Decimal sees it.
+MAX_QUANTITY_LEN = 64
+#: systemd takes limits as 64-bit numbers (and UINT64_MAX means "infinity"); anything
+#: from 2**63 on overflows them, or what podmgr multiplies them by, so it is refused
+#: here rather than as an overflow in the D-Bus encoder.
+MAX_QUANTITY = 2**63 - 1
+# Exact arithmetic: the default context's 28 digits would round "1.0000…01Ki" to whole.
+_EXACT = Context(prec=2 * MAX_QUANTITY_LEN + 10)
 
 
 def parse_quantity(text: str) -> Decimal:
     """The exact value of a quantity string ("1.5Gi", "250m", "1k"). Raises ValueError."""
+    if len(text) > MAX_QUANTITY_LEN:
+        raise ValueError(f"quantity {text[:MAX_QUANTITY_LEN]!r}… is too long")
     m = _QUANTITY_RE.match(text)
-    if not m and re.fullmatch(r"\d+(?:\.\d+)?K", text):
+    if not m and re.fullmatch(r"\d+(?:\.\d+)?K", text, re.ASCII):
         raise ValueError(
             f"quantity {text!r} is not valid: write {text[:-1]}k for 1000s "
             f"or {text[:-1]}Ki for 1024s"
@@ -127,18 +141,20 @@ def parse_quantity(text: str) -> Decimal:
     if not m:
         raise ValueError(f"quantity {text!r} is not valid: {_QUANTITY_HINT}")
     try:
-        return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""]
+        return _EXACT.multiply(Decimal(m.group(1)), _SUFFIX[m.group(2) or ""])
     except InvalidOperation as e:  # pragma: no cover - the regex admits only plain decimals
         raise ValueError(f"quantity {text!r} is not valid") from e
 
 
-def _whole(text: str, scale: int, unit: str) -> int:
-    value = parse_quantity(text) * scale
+def _whole(text: str, scale: int, unit: str, limit: int = MAX_QUANTITY) -> int:
+    value = _EXACT.multiply(parse_quantity(text), Decimal(scale))
     if value != value.to_integral_value():
         # ace.md: quantities "must always be represented internally ... as an integer
         # value ... in a resource type's natural base units"; rounding would change what
         # the author asked for, so say so instead.
         raise ValueError(f"quantity {text!r} is not a whole number of {unit}")
+    if value > limit:
+        raise ValueError(f"quantity {text!r} is too large (at most {limit} {unit})")
     return int(value)
 
 
@@ -149,7 +165,8 @@ def quantity_bytes(text: str) -> int:
 
 def quantity_millicores(text: str) -> int:
     """A CPU quantity in millicores: "500m" -> 500, "2" -> 2000, "0.25" -> 250."""
-    return _whole(text, 1000, "millicores")
+    # systemd's CPU quota is in µs per second: 1000 of them per millicore.
+    return _whole(text, 1000, "millicores", MAX_QUANTITY // 1000)
 
 
 def _quantity_input(value: Any) -> Any:
@@ -518,3 +535,58 @@ def check_isolator_set(isolators: tuple[_IsolatorBase, ...], scope: str) -> None
             if other is not None and other in seen:
                 raise fail(f"{name} cannot be used together with {other}", i)
         seen.setdefault(name, i)
+
+
+#: The seccomp sets' special values ace.md defines; podmgr knows no others.
+SECCOMP_SPECIAL = ("@appc.io/all", "@appc.io/empty")
+
+
+def check_applicable(isolators: Sequence[Any], where: str) -> None:
+    """Raise InvalidError for a valid isolator that this executor cannot apply as asked.
+
+    Valid appc, and a manifest with it still imports; but systemd would take it and do
+    something else than its author meant: a memory or CPU limit of 0 (systemd reads
+    MemoryMax=0 as "none at all", a quota of 0 as 1 %), a capability or system call
+    name it does not know (it drops such names silently: a retain set with a misspelt
+    name gave an empty bounding set), an errno it has no number for, a special value
+    other than ace.md's. ``where`` names the pod or app in the message.
+    """
+    import errno
+
+    from podmgr.errors import InvalidError
+    from podmgr.syscalls import SYSCALLS
+    from podmgr.units import CAP_NUMBERS
+
+    for iso in isolators:
+        name = iso.name
+        value = iso.value
+        if isinstance(iso, MemoryIsolator | CPUIsolator) and parse_quantity(value.limit) == 0:
+            raise InvalidError(
+                f"{where}: {name} limit {value.limit!r} is zero",
+                hint="give a limit above 0, or no limit at all",
+            )
+        if isinstance(iso, CapabilitiesRetainSetIsolator | CapabilitiesRemoveSetIsolator):
+            unknown = [c for c in value.set if c.removeprefix("CAP_") not in CAP_NUMBERS]
+            if unknown:
+                raise InvalidError(
+                    f"{where}: {name}: unknown capability {unknown[0]!r}",
+                    hint="see capabilities(7) for the names, such as CAP_NET_BIND_SERVICE",
+                )
+        if isinstance(iso, SeccompRetainSetIsolator | SeccompRemoveSetIsolator):
+            for call in value.set:
+                if call.startswith("@") and call not in SECCOMP_SPECIAL:
+                    raise InvalidError(
+                        f"{where}: {name}: unknown special value {call!r}",
+                        hint=f"podmgr knows {' and '.join(SECCOMP_SPECIAL)}",
+                    )
+                if not call.startswith("@") and call not in SYSCALLS:
+                    raise InvalidError(
+                        f"{where}: {name}: unknown system call {call!r}",
+                        hint="see syscalls(2) for the names; a call newer than podmgr's "
+                        "table (podmgr/syscalls.py) must be added there",
+                    )
+            if value.errno and not isinstance(getattr(errno, value.errno, None), int):
+                raise InvalidError(
+                    f"{where}: {name}: unknown errno {value.errno!r}",
+                    hint="see errno(3) for the names, such as EPERM or ENOSYS",
+                )

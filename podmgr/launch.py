@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from podmgr import __version__, logger, names, sdnotify
 from podmgr.errors import (
+    ROOT_HINT,
     ConflictError,
     Interrupted,
     InvalidError,
     NotFoundError,
+    PermissionDenied,
     PodmgrError,
     SystemdError,
     UsageError,
@@ -47,7 +49,7 @@ log = logger.get(__name__)
 #: apps' roots are podmgr's mounts, not transient mount units (rootfs.mount_root). 3: no
 #: flock(1) ExecCondition= in the exit hooks (names.attached_condition). 4: the slice is
 #: made with the first unit, as an aux unit (pod.unit_batch).
-PLAN_VERSION = 4
+PLAN_VERSION = 5
 #: The newest pod.json version read here (``podstate.POD_RECORD_VERSION``).
 POD_RECORD_VERSION = 1
 
@@ -106,6 +108,10 @@ def load_record(pdir: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((pdir / "pod.json").read_bytes())
     except FileNotFoundError:
         raise NotFoundError(f"pod {pdir.name} not found") from None
+    except PermissionError:
+        raise PermissionDenied(
+            f"cannot read pod {pdir.name}: permission denied", hint=ROOT_HINT
+        ) from None
     except ValueError as e:
         raise InvalidError(f"pod {pdir.name}: pod.json is corrupt: {e}") from None
     if data.get("version", 0) > POD_RECORD_VERSION:
@@ -166,6 +172,7 @@ def start(
     *,
     bus: str | None = None,
     stdio: Sequence[int] | None = None,
+    tty: str | None = None,
     queued: Callable[[], object] | None = None,
     sd: Any = None,
     attached: str | None = None,
@@ -173,7 +180,8 @@ def start(
     """Start a prepared pod's units; returns once every app's start job is done.
 
     ``stdio``: three file descriptors to give the (only) app as stdin, stdout and stderr
-    instead of the journal (``run --interactive``). ``queued``: called once systemd has
+    instead of the journal (``run --interactive``); with ``tty`` (a pty's slave), that
+    terminal instead (:mod:`podmgr.terminal`). ``queued``: called once systemd has
     queued the start jobs, while this waits for them. ``sd``: the caller's connection to
     systemd (:func:`wait`'s), to use instead of one of its own; the caller then follows
     the pod, and its registration with machined is not waited for. ``attached``: the
@@ -197,10 +205,17 @@ def start(
 
         if len(apps) != 1:
             raise UsageError("only a pod of one app can have the caller's terminal")
-        batch = [(n, with_stdio(p, stdio) if n == apps[0]["unit"] else p, x) for n, p, x in batch]
+        batch = [
+            (n, with_stdio(p, stdio, tty) if n == apps[0]["unit"] else p, x) for n, p, x in batch
+        ]
     if attached is not None:
         batch = _attached_hooks(batch, pdir, apps, attached)
         batch = _without_net_unit(batch, uuid)
+    from podmgr import metadata
+
+    # Decided now, not at prepare: whether the metadata service is there; asking also
+    # has it started, if it was not, before the apps' first requests.
+    batch = metadata.unadvertised(batch)
     userdb.ensure(
         [a["uid"] for a in apps],
         [g for a in apps for g in (a["gid"], *a.get("supplementary_gids", ()))],
@@ -233,15 +248,33 @@ def start(
 
             with systemd.connect(bus) as own:
                 _start_units(own, uuid, apps, batch, queued, followed=False)
-    except BaseException:
+    except BaseException as e:
         # Whatever got attached goes, also when the net unit's ExecStop did it already.
         unmount_roots(roots)
         if not host:
             try:
                 network.teardown(pdir, uuid)
-            except PodmgrError as e:
-                log.warning("%s", e.message)
+            except PodmgrError as e2:
+                log.warning("%s", e2.message)
+        _record_start_error(pdir, record, e)
         raise
+
+
+def _record_start_error(pdir: Path, record: dict[str, Any], e: BaseException) -> None:
+    """Say in pod.json why the start failed: ``list`` and ``status`` show the pod as
+    failed, with this, not as exited with no exit code. (``podmgr start`` then removes
+    the pod; ``run`` and ``run-prepared`` leave it for the user to see, and gc.)"""
+    if isinstance(e, PodmgrError):
+        why = e.message
+    elif isinstance(e, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = f"{type(e).__name__}: {e}"
+    record["start_error"] = why
+    try:
+        atomic_write(pdir / "pod.json", json.dumps(record, indent=1))
+    except OSError as err:  # a full disk, often enough the very cause
+        log.warning("pod %s: cannot record its failed start: %s", pdir.name, err.strerror)
 
 
 def _attached_hooks(
@@ -310,8 +343,14 @@ def _start_units(
     # A Type=exec service whose process exits at once with a failure may fail its start
     # job although it ran: systemd saw the exit before the exec (1 run in 60 of
     # `sh -c "exit 3"`). Unfollowed, the start fails only if the app did not run.
+    from podmgr.execshim import PRIVATE_PIDS_VERSION, with_private_pids
     from podmgr.systemd import JobFailedError
 
+    if sd.manager_version() >= PRIVATE_PIDS_VERSION:
+        batch = [
+            (n, with_private_pids(p), [(an, with_private_pids(ap)) for an, ap in x])
+            for n, p, x in batch
+        ]
     try:
         results = sd.start_transient_units(batch, queued=queued, tolerate=[a["unit"] for a in apps])
         for r in results:
@@ -365,8 +404,15 @@ def _register_machine(sd: Any, uuid: str, apps: Sequence[Mapping[str, Any]]) -> 
 
 
 def _register_leader(sd: Any, uuid: str, lead: Mapping[str, Any], pid: int, *, wait: bool) -> None:
+    from podmgr.hook import app_process
     from podmgr.systemd import BusError
 
+    # The app's own process, in its namespaces (machinectl shell, login), not
+    # podmgr-exec's, its parent; which forks it as systemd's start job ends.
+    deadline = time.monotonic() + 0.5
+    while pid and not (app := app_process(pid)) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    pid = app if pid else 0
     if not pid:
         return  # ended already
     machine = names.machine_name(uuid)
@@ -605,6 +651,13 @@ def stop(state: Path, uuid: str, *, force: bool = False, bus: str | None = None)
         if force:
             with contextlib.suppress(systemd.BusError):
                 sd.kill_unit(slice_unit, int(signal.SIGKILL))
+        else:
+            from podmgr.hook import kill_deaf_apps
+
+            units = [a["unit"] for a in record["apps"]]
+            kill_deaf_apps(
+                sd, state / "pods" / uuid, record["apps"], sd.read_properties(units, ("MainPID",))
+            )
         with contextlib.suppress(systemd.NoSuchUnitError):
             sd.stop_unit(slice_unit)
     # Once the apps are gone (the exit hooks do the same, perhaps after this returns).

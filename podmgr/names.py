@@ -78,7 +78,25 @@ def machine_name(uuid: str) -> str:
     return f"{UNIT_PREFIX}{pod_hex(uuid)}"
 
 
+def stop_kill_marker(pdir: Path, app: str) -> Path:
+    """Present once the pod's own stop has sent the app SIGKILL in place of a SIGTERM it
+    could not receive (podmgr.hook.kill_deaf_apps)."""
+    return pdir / "apps" / app / "killed-by-stop"
+
+
 def exit_record(pdir: Path, app: str) -> Path:
     """An app's ``exit.json`` in its pod's directory ``pdir``: the record of its end, by
     ``podmgr run`` or its exit hook (podmgr.hook.record_exit), whichever comes first."""
     return pdir / "apps" / app / "exit.json"
+
+
+def bad_char(text: str, *, space: bool = False) -> str | None:
+    """The first character of ``text`` that has no place in a name or value podmgr hands
+    on (to systemd, a unit file, a pod's files), as ``U+XXXX``: a C0 or C1 control or DEL
+    (tab and newline too, for they end a line where one is read), and with ``space``
+    any whitespace. None if there is none."""
+    for c in text:
+        o = ord(c)
+        if o < 0x20 or 0x7F <= o < 0xA0 or o in (0x2028, 0x2029) or (space and c.isspace()):
+            return f"U+{o:04X}"
+    return None

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from podmgr.errors import UsageError
+from podmgr.names import bad_char
 
 #: The network ``--net`` means when it names none.
 DEFAULT = "default"
@@ -24,8 +25,12 @@ class NetRequest(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> NetRequest:
         name, _, rest = text.partition(":")
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise UsageError(f"--net {text!r}: {name!r} is not a network name")
+        # ASCII only: the name is a file name in /etc/podmgr/net.d and goes to CNI.
+        if not name or not all((c.isascii() and c.isalnum()) or c in "-_." for c in name):
+            raise UsageError(
+                f"--net {text!r}: {name!r} is not a network name",
+                hint="network names are letters, digits, '-', '_' and '.'",
+            )
         args = []
         for part in rest.split(";"):
             if not part:
@@ -33,6 +38,10 @@ class NetRequest(NamedTuple):
             k, eq, v = part.partition("=")
             if not eq or not k:
                 raise UsageError(f"--net {text!r}: expected NAME:K=V;K2=V2")
+            if bad_char(k, space=True) or bad_char(v):
+                raise UsageError(
+                    f"--net {text!r}: argument {k!r} has whitespace or a control character"
+                )
             args.append((k, v))
         return cls(name, tuple(args))
 

@@ -24,10 +24,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from podmgr import launch, logger, metadata, podstate, rootfs, tokens, units
+from podmgr import execshim, launch, logger, metadata, podstate, rootfs, tokens, units
+from podmgr import isolators as iso
 from podmgr.errors import InvalidError, UsageError, require_root
 from podmgr.fsutil import rmtree
-from podmgr.names import new_uuid
+from podmgr.names import bad_char, new_uuid
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
 
@@ -140,17 +141,27 @@ def _check_overlaps(app: str, targets: Sequence[str]) -> None:
             )
 
 
+#: The largest --pod-manifest podmgr reads; the limit of an image's manifest.
+MAX_POD_MANIFEST = 1 << 20
+
+
 def build_manifest(spec: PodSpec, images: Images) -> tuple[Any, dict[str, Any]]:
     """The reified pod manifest for a spec, and the image manifests by image ID."""
     from podmgr.schema import parse_pod_manifest
 
     if spec.pod_manifest is not None:
         try:
-            raw = spec.pod_manifest.read_bytes()
+            # Bounded, as an image's manifest is: /dev/zero is no manifest.
+            with open(spec.pod_manifest, "rb") as f:
+                raw = f.read(MAX_POD_MANIFEST + 1)
         except OSError as e:
             raise UsageError(
                 f"cannot read pod manifest {spec.pod_manifest}: {e.strerror}"
             ) from None
+        if len(raw) > MAX_POD_MANIFEST:
+            raise InvalidError(
+                f"pod manifest {spec.pod_manifest} is larger than {MAX_POD_MANIFEST} bytes"
+            )
         given = parse_pod_manifest(raw, template=True)
         refs = [a.image.id or a.image.name or "" for a in given.apps]
         ids = images.fetch(refs)
@@ -215,6 +226,68 @@ def build_manifest(spec: PodSpec, images: Images) -> tuple[Any, dict[str, Any]]:
     return parse_pod_manifest(pod_doc), manifests
 
 
+# (uid_t) -1 and its 16-bit form are "no ID" to the kernel's and libc's calls, and
+# systemd refuses them; above them an ID does not fit uid_t at all.
+_NO_ID = (0xFFFF, 0xFFFFFFFF)
+
+
+def _check_id(where: str, what: str, value: int) -> None:
+    if not 0 <= value < 0xFFFFFFFF or value in _NO_ID:
+        raise InvalidError(
+            f"{where}: {what} {value} is not a valid ID",
+            hint="IDs are 0 to 4294967294, without 65535",
+        )
+
+
+def _check_path(app: str, what: str, path: str) -> None:
+    # As systemd's path_is_normalized(): no "." or ".." and no "//" (a trailing "/" is
+    # fine); it refused "/../../../etc" at start, with a misleading error.
+    parts = path.rstrip("/").split("/")[1:]
+    if not path.startswith("/") or "//" in path or {".", ".."} & set(parts) or bad_char(path):
+        raise InvalidError(
+            f"app {app}: {what} {path!r} is not a normalized absolute path",
+            hint="give it without '.' and '..' and control characters, such as /srv/app",
+        )
+
+
+def _check_working_dir(app: str, wd: str) -> None:
+    _check_path(app, "working directory", wd)
+
+
+def _check_hands_on(app: str, exec_: Sequence[str], env: Mapping[str, str]) -> None:
+    """Refuse what systemd would refuse at start (or D-Bus could not carry): a NUL in
+    the command line, control characters in an environment variable's value."""
+    for i, arg in enumerate(exec_):
+        if "\0" in arg:
+            what = "exec" if i == 0 else f"argument {i}"
+            raise InvalidError(f"app {app}: {what} has a NUL character")
+    for k, v in env.items():
+        c = bad_char(v.replace("\t", " ").replace("\n", " "))
+        if c:
+            raise InvalidError(
+                f"app {app}: environment variable {k} has a control character ({c})",
+                hint="values may hold tabs and newlines, not other control characters",
+            )
+
+
+def _check_user_maps(manifest: Any) -> None:
+    """userLabels and userAnnotations: keys without whitespace or control characters,
+    values without control characters (they are printed by list and status, and served
+    by the metadata service)."""
+    for what, m in (
+        ("user label", manifest.user_labels),
+        ("user annotation", manifest.user_annotations),
+    ):
+        for k, v in (m or {}).items():
+            if not k or bad_char(k, space=True):
+                raise InvalidError(
+                    f"{what} {k!r} is not a valid name",
+                    hint="names are non-empty, without whitespace or control characters",
+                )
+            if bad_char(v):
+                raise InvalidError(f"{what} {k}: the value has a control character")
+
+
 def _prepare_volumes(manifest: Any, pdir: Path, final: Path) -> dict[str, tuple[str, bool, bool]]:
     """name -> (host source, read-only, recursive); creates ``empty`` volumes."""
     out = {}
@@ -223,6 +296,8 @@ def _prepare_volumes(manifest: Any, pdir: Path, final: Path) -> dict[str, tuple[
             src = rootfs.check_host_source(v.source or "")
             out[v.name] = (str(src), bool(v.read_only), v.recursive is not False)
         else:
+            _check_id(f"volume {v.name}", "uid", v.uid or 0)
+            _check_id(f"volume {v.name}", "gid", v.gid or 0)
             d = pdir / "volumes" / v.name
             d.mkdir(parents=True)
             os.chmod(d, int(v.mode or "0755", 8))
@@ -279,6 +354,8 @@ def _prepare_in(
     network.check_sysctls(pod_sysctls(manifest), spec.net.value)
     names = spec.names or network.Names()
     network.check_names(names)
+    iso.check_applicable(manifest.isolators, "pod")
+    _check_user_maps(manifest)
     hostname = names.hostname or units.machine_name(uuid)
     (tmp / "shm").mkdir(mode=0o1777)
     os.chmod(tmp / "shm", 0o1777)
@@ -294,16 +371,24 @@ def _prepare_in(
         env = {e.name: e.value for e in a.environment.root}
         path_env = env.get("PATH", units.APPC_PATH)
         exec_ = list(a.exec or ())
+        _check_hands_on(app.name, exec_, env)
+        iso.check_applicable(a.isolators, f"app {app.name}")
         exec_[0] = rootfs.find_exec(lower, exec_[0], path_env)
         uid = rootfs.lookup_user(lower, a.user)
         gid = rootfs.lookup_group(lower, a.group)
+        _check_id(f"app {app.name}", "user", uid)
+        _check_id(f"app {app.name}", "group", gid)
+        for g in a.supplementary_gids or ():
+            _check_id(f"app {app.name}", "supplementary group", g)
         wd = a.working_directory or "/"
+        _check_working_dir(app.name, wd)
         rootfs.check_working_dir(lower, wd)
         binds = []
         for m in app.mounts:
             if m.volume not in volumes:
                 raise InvalidError(f"app {app.name}: mount names unknown volume {m.volume!r}")
             src, ro, rec = volumes[m.volume]
+            _check_path(app.name, "mount target", m.path)
             target = rootfs.ensure_mount_target(lower, upper, m.path)
             mp_ro = any(p.read_only for p in a.mount_points if p.path == m.path)
             binds.append((src, target, ro or mp_ro, rec))
@@ -350,6 +435,7 @@ def _prepare_in(
         metadata_token=tokens.new_token(),
         user_annotations=spec.user_annotations,
         user_labels=spec.user_labels,
+        hostname=names.hostname,
     )
     podstate.save(tmp, record)
     # What start replays without the models (podmgr.launch); paths are the final ones.
@@ -427,6 +513,8 @@ def plan(
         netns_path=netns_path,
         sysfs_path=sysfs_path,
         net_hook=net_hook(state, record.uuid, hook_argv),
+        shim=execshim.path(),
+        hostname=record.hostname,
     )
 
 
@@ -504,4 +592,3 @@ def pod_sysctls(manifest: Any) -> dict[str, str]:
     return {
         k: v for i in manifest.isolators if i.name == "os/unix/sysctl" for k, v in i.value.items()
     }
-

@@ -10,6 +10,7 @@ garbage? which boot?) and from systemd (are any of its app units still running?)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ from podmgr.podstate import PodRecord
 log = logger.get(__name__)
 
 
-
 def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
     return podlist.derive_state(
         garbage=record.garbage,
@@ -34,6 +34,7 @@ def derive_state(record: PodRecord, active: Mapping[str, str]) -> PodState:
         boot=record.boot_id,
         units=[a.unit for a in record.apps],
         active=active,
+        start_error=record.start_error,
     )
 
 
@@ -90,6 +91,8 @@ class PodStatus:
     isolators: list[dict[str, str]] = field(default_factory=list)
     #: Per network: name, interface, ips, gateway, ports (podmgr.network.status).
     networks: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the start failed (state failed).
+    error: str | None = None
 
     def text(self) -> str:
         lines = [
@@ -101,6 +104,8 @@ class PodStatus:
         ]
         if self.exit_code is not None:
             lines.append(f"exit code: {self.exit_code}")
+        if self.error is not None:
+            lines.append(f"error:     {self.error}")
         for n in self.networks:
             addrs = ", ".join(str(ip["address"]) for ip in n.get("ips", [])) or "-"
             lines.append(f"network:   {n['name']} {n['interface']} {addrs}".rstrip())
@@ -194,6 +199,7 @@ def status(state: Path, uuid: str, *, bus: str | None = None) -> PodStatus:
         apps=apps,
         isolators=[_iso_dict(i) for i in pod_isos],
         networks=_networks(pdir),
+        error=record.start_error,
     )
 
 
@@ -308,6 +314,11 @@ def gc(
     bus: str | None = None,
 ) -> GcResult:
     require_root("garbage-collecting pods")
+    from podmgr import metadata
+
+    # gc runs as root beside pods (podmgr-gc.service): no pod's app may reach it through
+    # /proc/<pid>, whatever capabilities the app was given.
+    metadata.make_nondumpable()
     now = podstate.now()
     removed, marked = [], []
     for record, st in list_pods(state, bus=bus):
@@ -315,7 +326,7 @@ def gc(
         if st is PodState.GARBAGE and not mark_only:
             remove(state, record.uuid, bus=bus)
             removed.append(record.uuid)
-        elif st is PodState.EXITED and now - _exit_time(pdir, record) >= grace:
+        elif st in (PodState.EXITED, PodState.FAILED) and now - _exit_time(pdir, record) >= grace:
             if mark_only:
                 podstate.save(pdir, record.model_copy(update={"garbage": now}))
                 marked.append(record.uuid)
@@ -333,7 +344,7 @@ def gc(
                 age = now.timestamp() - d.stat().st_mtime
                 if d.name.startswith(".rm-") or age > 3600:
                     rmtree(d, ignore_errors=True)
-    from podmgr import metadata, podtemplate
+    from podmgr import podtemplate
 
     metadata.sweep(state)
     podtemplate.sweep(state)
@@ -345,8 +356,18 @@ def parse_duration(text: str) -> timedelta:
     t = text.strip()
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if t and t[-1] in scale:
-            return timedelta(seconds=float(t[:-1]) * scale[t[-1]])
-        return timedelta(seconds=float(t))
+        seconds = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
     except ValueError:
-        raise UsageError(f"invalid duration {text!r}", hint="use e.g. 90s, 30m, 24h, 2d") from None
+        seconds = math.nan
+    # No infinity, NaN or negative time; nor more than timedelta, time.sleep() and a
+    # thread's wait hold (they overflowed: "Python int too large to convert to C int").
+    if not 0 <= seconds <= MAX_DURATION:
+        raise UsageError(
+            f"invalid duration {text!r}",
+            hint=f"use e.g. 90s, 30m, 24h, 2d; at most {MAX_DURATION // 86400}d",
+        )
+    return timedelta(seconds=seconds)
+
+
+#: Ten years: longer than any wait or grace period means, within what every clock holds.
+MAX_DURATION = 10 * 366 * 86400

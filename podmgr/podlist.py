@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from podmgr import logger, names
-from podmgr.errors import NotFoundError, PodmgrError, SystemdError, UsageError
+from podmgr.errors import (
+    ROOT_HINT,
+    NotFoundError,
+    PermissionDenied,
+    PodmgrError,
+    SystemdError,
+    UsageError,
+)
 from podmgr.hook import RUNNING_STATES
 
 # One reader of pod.json without the models, one boot ID: podmgr.launch's.
@@ -33,6 +40,8 @@ class PodState(enum.StrEnum):
     PREPARED = "prepared"
     RUNNING = "running"
     EXITED = "exited"
+    #: Its start failed (pod.json's ``start_error`` says why); nothing of it runs.
+    FAILED = "failed"
     GARBAGE = "garbage"
 
 
@@ -44,12 +53,15 @@ def derive_state(
     units: Iterable[str],
     active: Mapping[str, str],
     current_boot: str | None = None,
+    start_error: object = None,
 ) -> PodState:
     """A pod's state from its record's fields and the ActiveState of podmgr's units."""
     if garbage is not None:
         return PodState.GARBAGE
     if started is None:
         return PodState.PREPARED
+    if start_error is not None:
+        return PodState.FAILED
     # Pods that ran before a reboot are exited, whatever systemd says now.
     if boot and boot != (boot_id() if current_boot is None else current_boot):
         return PodState.EXITED
@@ -125,6 +137,7 @@ class _Summary:
     started: datetime | None
     garbage: datetime | None
     boot: str | None
+    start_error: str | None
 
 
 def _summary(pods: Path, name: str) -> _Summary | None:
@@ -140,9 +153,12 @@ def _summary(pods: Path, name: str) -> _Summary | None:
             started=_time(data.get("started")),
             garbage=_time(data.get("garbage")),
             boot=data.get("boot_id"),
+            start_error=data.get("start_error"),
         )
     except NotFoundError:
         return None  # removed while we listed
+    except PermissionDenied:
+        raise  # one error, not a warning per pod
     except PodmgrError as e:
         log.warning("pod %s: skipped: %s", name, e.message)
         return None
@@ -185,6 +201,7 @@ def list_result(
                     units=s.units,
                     active=active,
                     current_boot=current,
+                    start_error=s.start_error,
                 ),
                 s.created,
                 s.started,
@@ -202,6 +219,10 @@ def all_uuids(state: Path) -> list[str]:
         return sorted(n for n in os.listdir(d) if not n.startswith("."))
     except FileNotFoundError:
         return []
+    except PermissionError:
+        raise PermissionDenied(
+            f"cannot read the pods in {d}: permission denied", hint=ROOT_HINT
+        ) from None
 
 
 def find(state: Path, ref: str) -> str:

@@ -78,6 +78,8 @@ class PodRecord(_Record):
     started: datetime | None = None
     boot_id: str | None = None
     stopping: bool = False
+    #: Why the pod's start failed (podmgr.launch): the pod is "failed", not "exited".
+    start_error: str | None = None
     garbage: datetime | None = None
     exit_policy: ExitPolicy = ExitPolicy.ON_ANY_FAILURE
     net: NetMode = NetMode.HOST
@@ -89,6 +91,8 @@ class PodRecord(_Record):
     metadata_token: str
     user_annotations: dict[str, str] = {}
     user_labels: dict[str, str] = {}
+    #: --hostname, the apps' host name; None: the pod's machine name (podmgr-<uuid hex>).
+    hostname: str | None = None
 
 
 class AppExit(_Record):

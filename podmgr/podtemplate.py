@@ -58,7 +58,7 @@ log = logger.get(__name__)
 #: keeps the unit properties it was made with). 5: plan.json 4. 6: an app on the host's network
 #: without ProtectKernelTunables= (podmgr.units.KERNEL_TUNABLES). 7: likewise an app with
 #: a network of its own, whose /sys is its namespace's own sysfs (PodPlan.sysfs_path).
-TEMPLATE_VERSION = 7
+TEMPLATE_VERSION = 8
 #: Templates kept per state directory.
 KEEP = 16
 #: Environment variables whose values prepare reads (besides --inherit-env's).

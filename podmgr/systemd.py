@@ -119,6 +119,7 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "RestrictRealtime": _B, "RestrictSUIDSGID": _B, "KeyringMode": _S,
     "ProtectSystem": _S, "ProtectHome": _S, "PrivateTmp": _B, "PrivateDevices": _B,
     "PrivateNetwork": _B, "PrivateIPC": _B, "PrivateUsers": _B, "PrivateMounts": _B,
+    "PrivatePIDs": _B,
     "ProtectKernelTunables": _B, "ProtectKernelModules": _B, "ProtectKernelLogs": _B,
     "ProtectControlGroups": _B, "ProtectClock": _B, "ProtectHostname": _B,
     "ProtectProc": _S, "ProcSubset": _S, "MountAPIVFS": _B, "MountFlags": _T,
@@ -336,6 +337,7 @@ class Systemd:
         self.conn = conn
         self.address = address
         self._subscribed = False
+        self._manager_version: int | None = None
         #: Match rules this connection has added already (a rule stays until it closes).
         self._matches: set[str] = set()
         #: Calls sent ahead of the next call_many's own (see subscribe's ``defer``).
@@ -443,6 +445,13 @@ class Systemd:
 
     def version(self) -> str:
         return str(self.get_property(MANAGER_PATH, MANAGER_IFACE, "Version"))
+
+    def manager_version(self) -> int:
+        """systemd's version number ("257.13-1~deb13u1": 257), read once per connection."""
+        if self._manager_version is None:
+            digits = self.version().split(".", 1)[0].split("-", 1)[0]
+            self._manager_version = int(digits) if digits.isdigit() else 0
+        return self._manager_version
 
     def unit_properties(self, unit: str, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Properties of a unit, from the Unit interface and (for services) Service.

@@ -42,12 +42,47 @@ def tokens_dir(state: Path) -> Path:
     return metadata_dir(state) / "tokens"
 
 
+#: The host's HMAC-SHA512 key (the metadata service's /pod/hmac/sign) is this long.
+KEY_BYTES = 64
+
+
+def key_path(state: Path) -> Path:
+    return metadata_dir(state) / "hmac.key"
+
+
+def ensure_key(state: Path) -> None:
+    """Make the host's HMAC key unless it exists (0600, in a 0700 directory)."""
+    path = key_path(state)
+    if os.path.exists(path):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import threading
+
+    tmp = path.with_name(f".hmac.key.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, os.urandom(KEY_BYTES))
+        os.fsync(fd)
+        os.close(fd)
+        # link(), unlike rename(), never replaces a key another process made meanwhile.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    from podmgr.fsutil import fsync_dir
+
+    fsync_dir(path.parent)
+
+
 def register(state: Path, uuid: str, token: str) -> None:
     """Index a pod's token (idempotent)."""
     if not is_token(token):
         raise InvalidError("metadata token is malformed")
     d = tokens_dir(state)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The key is made here, as root, because the service that uses it runs as a user
+    # of its own that may only read the state (podmgr-metadata.service).
+    ensure_key(state)
     link = d / token
     try:
         os.symlink(uuid, link)

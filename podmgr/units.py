@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podmgr import isolators as iso
+from podmgr.execshim import TARGET as EXEC_SHIM_TARGET
 
 # Re-exported: the names are part of this module's API.
 from podmgr.names import SLICE as SLICE
@@ -148,6 +149,42 @@ KERNEL_TUNABLES = tuple(
 #: capability show nothing (kallsyms: zero addresses) or refuse to open (kcore).
 KERNEL_SECRETS = {"SYSLOG": "-+/proc/kallsyms", "SYS_RAWIO": "-+/proc/kcore"}
 
+#: What podmgr-exec needs beyond the app's own privileges, as root before it drops them:
+#: CAP_SYS_ADMIN for its namespaces and /proc, CAP_KILL to pass signals on to an app of
+#: another user, the others to drop to the app's.
+SHIM_CAPS = ("SYS_ADMIN", "KILL", "SETPCAP", "SETUID", "SETGID")
+#: For ``podmgr enter``: opening the namespaces of an app that runs as another user is
+#: ptrace access; joining a mount namespace takes CAP_SYS_CHROOT too.
+SHIM_JOIN_CAPS = (*SHIM_CAPS, "SYS_PTRACE", "SYS_CHROOT")
+#: The system calls podmgr-exec makes that an app's filter may deny. systemd's filter
+#: lets them through, and podmgr-exec denies them again (-D) before it executes the app,
+#: with the app's errno or SIGSYS, so the app's filter is what it was.
+SHIM_RELAXED = (
+    "capset", "mount", "prctl", "setgroups", "sethostname", "setns", "setresgid",
+    "setresuid", "umount2", "unshare",
+)  # fmt: skip
+#: The rest of what the static podmgr-exec calls (strace), added to an allow list
+#: (seccomp-retain-set) so that it can run at all; harmless, they stay allowed.
+SHIM_PLUMBING = (
+    "access", "arch_prctl", "brk", "chdir", "clone", "close", "execve", "exit_group",
+    "getpid", "getrandom", "getuid", "ioctl", "kill", "mmap", "mprotect", "munmap",
+    "newfstatat", "openat", "pipe2", "poll", "pread64", "prlimit64", "read", "readlink",
+    "rseq", "rt_sigaction", "rt_sigprocmask", "sendmsg", "sendto", "set_robust_list",
+    "set_tid_address", "setsid", "socket", "wait4", "write",
+)  # fmt: skip
+
+
+class ShimMode(enum.Enum):
+    """How podmgr-exec starts a command."""
+
+    #: The app: new PID and UTS namespaces, with podmgr-exec as its parent.
+    APP = "app"
+    #: An event handler (pre-start, post-stop): the same, and no sd_notify messages.
+    HANDLER = "handler"
+    #: ``podmgr enter``: the running app's namespaces, joined (its PID then comes at
+    #: enter's start, as ``-J PID``); podmgr-exec stays as the command's parent.
+    JOIN = "join"
+
 
 class IsolatorState(enum.StrEnum):
     APPLIED = "applied"
@@ -244,6 +281,11 @@ class PodPlan:
     sysfs_path: str | None = None
     #: The command whose ExecStop= tears the pod's network down (podmgr.network).
     net_hook: tuple[str, ...] = ()
+    #: The host path of podmgr-exec (podmgr.execshim), which starts every app in PID and
+    #: UTS namespaces of its own; None only in unit tests of the properties without it.
+    shim: str | None = None
+    #: The apps' host name, in their UTS namespace.
+    hostname: str | None = None
 
 
 # ---- isolators ---------------------------------------------------------------------
@@ -511,11 +553,20 @@ def app_environment(app: AppPlan, pod: PodPlan) -> dict[str, str]:
     return env
 
 
-def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) -> dict[str, Any]:
+def app_properties(
+    app: AppPlan,
+    pod: PodPlan,
+    *,
+    others: Sequence[str] = (),
+    shim_mode: ShimMode = ShimMode.APP,
+    join_pid: int | None = None,
+) -> dict[str, Any]:
     """The transient service for one app of a pod.
 
     ``others`` are the other apps' services, which share its IPC namespace; the network
-    namespace is the pod's own (``netns_path``) unless the pod uses the host's.
+    namespace is the pod's own (``netns_path``) unless the pod uses the host's. With
+    ``shim_mode`` JOIN, a command that joins the running app process ``join_pid``'s
+    namespaces instead (``podmgr enter``).
     """
     env = app_environment(app, pod)
     # Apps are confined by default, then isolators loosen or tighten that.
@@ -595,12 +646,15 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
     read_only = ["/"] if app.read_only_rootfs else []
     # The host's sysfs, or the pod's netns's own; alone (no MS_REC) either way.
     sysfs = "/sys" if pod.netns_path is None else pod.sysfs_path
+    secrets = [p for cap, p in KERNEL_SECRETS.items() if bounding & (1 << CAP_NUMBERS[cap])]
     if sysfs is not None and not any(b[1] == "/sys" for b in binds):
         ro_binds.append((sysfs, "/sys", False, 0))
-        read_only += KERNEL_TUNABLES
-        secrets = [p for cap, p in KERNEL_SECRETS.items() if bounding & (1 << CAP_NUMBERS[cap])]
-        if secrets:
-            props["InaccessiblePaths"] = secrets
+        if not pod.shim:
+            # Else podmgr-exec does it on the /proc of the app's PID namespace, which
+            # replaces the one these would apply to.
+            read_only += KERNEL_TUNABLES
+            if secrets:
+                props["InaccessiblePaths"] = secrets
     else:
         # systemd's /sys (or a volume's), with whatever is mounted beneath it.
         props["ProtectKernelTunables"] = True
@@ -616,6 +670,12 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         # the pod ready) once it sends READY=1, not once it has been executed.
         props["Type"] = "notify"
         props["NotifyAccess"] = "main"
+        # systemd took the app's PID while podmgr-exec was its parent: an "alien" main
+        # process, which KillMode=mixed would SIGKILL right after its SIGTERM, not
+        # waiting for it. control-group waits for the app's cgroup to empty, with
+        # SIGTERM to each of its processes (the app's PID 1 ignores it without a
+        # handler: podmgr's own stops see to that, hook.kill_deaf_apps).
+        props["KillMode"] = "control-group"
     if pod.netns_path:
         props["NetworkNamespacePath"] = pod.netns_path
         if pod.net_hook:
@@ -631,7 +691,113 @@ def app_properties(app: AppPlan, pod: PodPlan, *, others: Sequence[str] = ()) ->
         props["After"] = [*props.get("After", []), sock]
     if others:
         props["JoinsNamespaceOf"] = list(others)
+    if pod.shim:
+        confine_with_shim(
+            props, app, pod, shim_mode, bounding=bounding, ambient=ambient, join_pid=join_pid
+        )
     return props
+
+
+def _hex(mask: int) -> str:
+    return format(mask, "x")
+
+
+def _relax_filter(props: dict[str, Any]) -> list[str]:
+    """Let podmgr-exec's system calls through the app's filter; the ones it must deny
+    again before the app runs."""
+    chosen = props.get("SystemCallFilter")
+    if chosen is None:
+        return []  # no filtering (@appc.io/all)
+    allow, names = chosen
+    if allow:
+        props["SystemCallFilter"] = (True, sorted({*names, *SHIM_RELAXED, *SHIM_PLUMBING}))
+        return [n for n in SHIM_RELAXED if n not in names]
+    props["SystemCallFilter"] = (False, sorted(set(names) - set(SHIM_RELAXED)))
+    return [n for n in SHIM_RELAXED if n in names]
+
+
+def shim_argv(
+    app: AppPlan,
+    pod: PodPlan,
+    mode: ShimMode,
+    *,
+    bounding: int,
+    ambient: int | None,
+    deny: Sequence[str],
+    errno_value: int | None,
+    join_pid: int | None = None,
+) -> list[str]:
+    """podmgr-exec's options for a command of ``app`` (shim/podmgr-exec.c documents them),
+    ending in ``--``."""
+    args = [EXEC_SHIM_TARGET]
+    if mode is ShimMode.JOIN:
+        args += ["-J", str(join_pid or 0), "-w", app.working_dir]
+    else:
+        args += ["-P", "-H", pod.hostname or machine_name(pod.uuid)]
+        if app.notify and mode is ShimMode.APP:
+            args.append("-N")
+        for p in KERNEL_TUNABLES:
+            args += ["-R", p.removeprefix("-+")]
+        for cap, p in KERNEL_SECRETS.items():
+            if bounding & (1 << CAP_NUMBERS[cap]):
+                args += ["-I", p.removeprefix("-+")]
+    args += ["-u", str(app.uid), "-g", str(app.gid)]
+    args += ["-G", ",".join(str(g) for g in app.supplementary_gids), "-c", _hex(bounding)]
+    if ambient is not None:
+        args += ["-a", _hex(ambient)]
+    if deny:
+        args += ["-D", ",".join(deny)]
+        if errno_value:
+            args += ["-E", str(errno_value)]
+    return [*args, "--"]
+
+
+def confine_with_shim(
+    props: dict[str, Any],
+    app: AppPlan,
+    pod: PodPlan,
+    mode: ShimMode,
+    *,
+    bounding: int,
+    ambient: int | None,
+    join_pid: int | None = None,
+) -> None:
+    """Every command of the unit started by podmgr-exec (see :mod:`podmgr.execshim`).
+
+    systemd runs it as root (``no-setuid``, the ``!`` prefix) with the app's root, mounts,
+    seccomp filter (less what it needs: :func:`_relax_filter`) and no_new_privs, and a
+    bounding set with :data:`SHIM_CAPS` added; podmgr-exec drops to the app's user, groups
+    and capability sets before it executes the app.
+    """
+    assert pod.shim
+    deny = _relax_filter(props)
+    errno_value = props.get("SystemCallErrorNumber")
+    extra = caps_mask(SHIM_JOIN_CAPS if mode is ShimMode.JOIN else SHIM_CAPS)
+    props["CapabilityBoundingSet"] = bounding | extra
+    props.pop("AmbientCapabilities", None)
+    props["BindReadOnlyPaths"] = [
+        *props.get("BindReadOnlyPaths", ()),
+        (pod.shim, EXEC_SHIM_TARGET, False, 0),
+    ]
+
+    def wrap(key: str, which: ShimMode) -> None:
+        if key not in props:
+            return
+        argv = shim_argv(
+            app, pod, which, bounding=bounding, ambient=ambient, deny=deny,
+            errno_value=errno_value, join_pid=join_pid,
+        )  # fmt: skip
+        props[key] = [
+            (EXEC_SHIM_TARGET, [*argv, *cmd], [*flags, "no-setuid"])
+            for _path, cmd, flags in props[key]
+        ]
+
+    wrap("ExecStartEx", mode)
+    wrap("ExecStartPreEx", ShimMode.HANDLER)
+    wrap("ExecStopPostEx", ShimMode.HANDLER)
+    if app.notify and mode is ShimMode.APP:
+        # The app, podmgr-exec's child, sends its readiness itself.
+        props["NotifyAccess"] = "all"
 
 
 #: The fixed part of ExecStartEx-style properties: a(sasas).

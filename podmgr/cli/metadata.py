@@ -17,11 +17,12 @@ from podmgr.cli import Ctx
 )
 @click.option(
     "--idle-exit",
-    default="5m",
+    default="0",
     show_default=True,
     metavar="DURATION",
     help="When socket-activated, exit after this long without a request (0: never); "
-    "the socket starts the service again on the next request.",
+    "the socket starts the service again on the next request, and the next pod's start "
+    "waits for it.",
 )
 @click.pass_obj
 def metadata_service(ctx: Ctx, listen: tuple[str, ...], idle_exit: str) -> None:

@@ -61,7 +61,10 @@ def parse_volume(value: str) -> dict[str, Any]:
         ("gid", int),
     ):
         if key in o:
-            vol[key] = conv(o.pop(key))
+            try:
+                vol[key] = conv(o.pop(key))
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: {key} is not valid") from None
     if o:
         raise click.BadParameter(f"{value!r}: unknown volume option(s) {', '.join(o)}")
     return vol
@@ -194,16 +197,33 @@ def _split_apps(args: tuple[str, ...]) -> list[list[str]]:
     return [s for s in segments if s] if any(segments) else []
 
 
+#: An environment file holds a few variables; a larger one (/dev/zero) is refused
+#: before it fills the memory.
+MAX_ENV_FILE = 1 << 20
+
+
 def _env_file(path: str) -> dict[str, str]:
     out = {}
     try:
-        text = Path(path).read_text()
+        # Not only regular files: a pipe (--set-env-file <(…)) is one way to pass secrets.
+        with open(path, "rb") as f:
+            data = f.read(MAX_ENV_FILE + 1)
     except OSError as e:
         raise click.UsageError(f"--set-env-file {path}: {e.strerror}") from None
-    for line in text.splitlines():
-        line = line.strip()
+    if len(data) > MAX_ENV_FILE:
+        raise click.UsageError(f"--set-env-file {path}: larger than {MAX_ENV_FILE} bytes")
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        # Where, never what: the file may hold secrets.
+        if b"\0" in raw:
+            raise click.UsageError(f"--set-env-file {path}:{n}: a NUL character")
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise click.UsageError(f"--set-env-file {path}:{n}: not UTF-8 text") from None
         if line and not line.startswith("#"):
-            k, v = _kv(line, "a line K")
+            if "=" not in line:
+                raise click.UsageError(f"--set-env-file {path}:{n}: expected K=VALUE")
+            k, v = line.split("=", 1)
             out[k] = v
     return out
 
@@ -307,11 +327,21 @@ def _prepare(ctx: Ctx, kw: dict[str, Any], command: str | None = None) -> Any:
     :mod:`podmgr.fastpath` when its parse depends on its text alone."""
     from podmgr import podtemplate
 
+    save = kw["uuid_file_save"]
+    if save is not None and not save.parent.is_dir():
+        raise click.UsageError(f"--uuid-file-save {save}: no directory {save.parent}")
     record = podtemplate.prepare(ctx.dir, _pod_spec(ctx, kw))
-    if kw["uuid_file_save"]:
+    if save is not None:
         from podmgr.fsutil import atomic_write
 
-        atomic_write(kw["uuid_file_save"], record.uuid + "\n")
+        try:
+            atomic_write(save, record.uuid + "\n")
+        except OSError as e:
+            # The pod's UUID went nowhere: nothing would ever name the pod, so it goes.
+            from podmgr import podctl
+
+            podctl.remove(ctx.dir, record.uuid, bus=ctx.bus)
+            raise click.UsageError(f"--uuid-file-save {save}: {e.strerror}") from None
     elif command and not (kw["set_env_file"] or kw["pod_manifest"]):
         from podmgr import fastpath
 
@@ -367,9 +397,13 @@ def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
 
     if uuid_file is not None:
         try:
-            ref = uuid_file.read_text().strip()
+            # A UUID and a newline; a read of more (/dev/zero) would never end.
+            with open(uuid_file, "rb") as f:
+                ref = f.read(256).decode("utf-8").strip()
         except OSError as e:
             raise click.UsageError(f"--uuid-file {uuid_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.UsageError(f"--uuid-file {uuid_file}: not a pod UUID") from None
     if not ref:
         raise click.UsageError("give a pod UUID (or --uuid-file)")
     return podlist.find(ctx.dir, ref)
@@ -518,6 +552,12 @@ def logs(
 
     u = _uuid(ctx, uuid, uuid_file)
     record = podstate.load(podstate.pod_dir(ctx.dir, u))
+    if app is not None and app not in [a.name for a in record.apps]:
+        from podmgr.errors import NotFoundError
+
+        raise NotFoundError(f"pod {u} has no app {app!r}", hint=f"podmgr status {u} lists its apps")
+    if lines is not None and lines < 0:
+        raise click.UsageError("--lines takes a number of lines, 0 or more")
     from podmgr.fastpath import emitter
 
     out = emitter(len(record.apps) > 1 and app is None)

@@ -41,6 +41,8 @@ APPLETS = [
         ]
     ),
     *(["[", "kill", "readlink", "ps", "hostname", "dd", "tr", "nc", "wget", "ip", "httpd"]),
+    # Terminal tests (test_enter.py).
+    *(["tty", "stty", "setsid"]),
 ]
 
 

@@ -1,21 +1,30 @@
 """podmgr enter: the entered command has the app's confinement and nothing more (rkt's
 CVE-2019-10144/10145/10147), its stdio is the caller's, its exit code is returned; and
-podmgr run --interactive, driven through a pseudo-terminal."""
+podmgr run --interactive, driven through a pseudo-terminal. On a terminal both give the
+app a pty of its own as its controlling terminal (podmgr.terminal): a shell there has job
+control, the window size and Ctrl-C reach it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pty
 import re
 import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, sh
+from podfix import Podmgr, build_image, sh, until
+
+from podmgr.hook import app_process
 
 INSECURE = "--insecure-options=image"
 
@@ -66,12 +75,13 @@ def confined(pm: Podmgr, images: Path) -> Iterator[str]:
 
 def status_of(pid: int) -> dict[str, str]:
     text = Path(f"/proc/{pid}/status").read_text()
-    return dict(re.findall(r"^(\w+):\s+(.*)$", text, re.M))
+    return dict(re.findall(r"^(\w+):[ \t]*(.*)$", text, re.M))
 
 
 def main_pid(uuid: str, app: str) -> int:
+    """The app's own process (its unit's main process is podmgr-exec, its parent)."""
     unit = f"podmgr-{uuid.replace('-', '')}-{app}.service"
-    return int(sh("systemctl", "show", "-P", "MainPID", unit).stdout.strip())
+    return app_process(int(sh("systemctl", "show", "-P", "MainPID", unit).stdout.strip()))
 
 
 def enter_units() -> list[str]:
@@ -82,7 +92,7 @@ def enter_units() -> list[str]:
 def test_entered_command_has_the_apps_confinement(pm: Podmgr, confined: str) -> None:
     p = pm("enter", confined, "--", "sh", "-c", PROBE)
     out = p.stdout
-    got = dict(re.findall(r"^(\w+):\s+(.*)$", out, re.M))
+    got = dict(re.findall(r"^(\w+):[ \t]*(.*)$", out, re.M))
     pid = main_pid(confined, "target")
     app = status_of(pid)
     # The same capability sets as the app: CAP_NET_BIND_SERVICE only.
@@ -207,6 +217,17 @@ def test_run_interactive_gives_the_app_the_terminal(pm: Podmgr, images: Path) ->
     assert code == 5, out
 
 
+def test_run_interactive_without_a_terminal_passes_the_callers_fds(
+    pm: Podmgr, images: Path
+) -> None:
+    script = "read l; echo got:$l; test -t 0 || echo no-tty; echo err >&2; exit 6"
+    aci = str(build_image(images / "pipes.aci", "example.com/pipes", ["/bin/sh", "-c", script]))
+    p = pm("run", INSECURE, "--interactive", aci, input="hello\n", check=False)
+    assert p.returncode == 6, p.stderr
+    assert p.stdout == "got:hello\nno-tty\n"
+    assert p.stderr.endswith("err\n")
+
+
 def test_run_interactive_refuses_two_apps(pm: Podmgr, images: Path) -> None:
     aci = str(build_image(images / "two.aci", "example.com/two", ["/bin/true"]))
     before = sorted(os.listdir(pm.state / "pods"))
@@ -224,3 +245,288 @@ def test_enter_passes_the_terminal(pm: Podmgr, confined: str) -> None:
     )
     assert b"IN-A-TTY" in out, out
     assert code == 4, out
+
+
+class Term:
+    """A command on a pty made by the test, as at a terminal of ``rows`` x ``cols``."""
+
+    def __init__(self, argv: list[str], rows: int = 31, cols: int = 97) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:
+            try:
+                # Before the exec: podmgr reads the size as it starts.
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.out = b""
+        self.seen = 0  # expect() looks at what came after its last match
+        self.code: int | None = None
+
+    def _read(self, timeout: float) -> bool:
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return True
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: the command and all it started have closed the pty
+            chunk = b""
+        self.out += chunk
+        return bool(chunk)
+
+    def expect(self, pattern: bytes, limit: float = 60) -> re.Match[bytes]:
+        end = time.monotonic() + limit
+        while True:
+            m = re.compile(pattern).search(self.out, self.seen)
+            if m:
+                self.seen = m.end()
+                return m
+            if time.monotonic() > end or not self._read(0.5):
+                raise AssertionError(
+                    f"never saw {pattern!r} in:\n{self.out.decode(errors='replace')}"
+                )
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def resize(self, rows: int, cols: int) -> None:
+        # The kernel sends SIGWINCH to podmgr, the terminal's foreground process.
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def wait(self, limit: float = 60) -> int:
+        end = time.monotonic() + limit
+        while self._read(0.5) and time.monotonic() < end:
+            pass
+        _, st = os.waitpid(self.pid, 0)
+        self.code = os.waitstatus_to_exitcode(st)
+        return self.code
+
+    def close(self) -> None:
+        if self.code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _shell_session(t: Term) -> None:
+    """An interactive busybox sh on ``t``: it has the terminal as its controlling one
+    (job control, Ctrl-C, Ctrl-Z), with ``t``'s window size, and follows a resize. Ends
+    with ``exit 7``."""
+    t.send(b"tty\n")
+    t.expect(rb"\n/dev/pts/\d+\r\n")
+    t.send(b"stty size\n")
+    t.expect(rb"\n31 97\r\n")
+    t.resize(40, 120)
+    # SIGWINCH reaches podmgr asynchronously: ask until the new size shows.
+    for _ in range(100):
+        t.send(b"stty size\n")
+        if t.expect(rb"\n(\d+ \d+)\r\n").group(1) == b"40 120":
+            break
+    else:
+        raise AssertionError("the app's terminal never got the new size")
+    # Ctrl-C interrupts the foreground job (which says it is one once it is), not the
+    # shell.
+    t.send(b"sh -c 'echo int-$((3*3)); exec sleep 100'\n")
+    t.expect(rb"\nint-9\r\n")
+    t.send(b"\x03")
+    t.send(b"echo rc-$?\n")
+    t.expect(rb"\nrc-130\r\n")
+    # Ctrl-Z stops a job, jobs lists it, fg gives it the terminal back: it reads a line.
+    t.send(b"sh -c 'echo fg-$((2*3)); read x; echo got-$x'\n")
+    t.expect(rb"\nfg-6\r\n")
+    t.send(b"\x1a")
+    t.expect(rb"Stopped")
+    t.send(b"jobs\n")
+    t.expect(rb"\[1\]\+ +Stopped +sh -c")
+    t.send(b"fg\n")
+    t.expect(rb"\nsh -c \"echo fg")  # fg names the job as it continues it
+    t.send(b"hello\n")
+    t.expect(rb"\ngot-hello\r\n")
+    t.send(b"sleep 100 &\n")
+    t.send(b"jobs\n")
+    t.expect(rb"Running +sleep 100")
+    t.send(b"exit 7\n")
+
+
+def _no_job_control_warning(t: Term) -> None:
+    assert b"can't access tty" not in t.out, t.out
+    assert b"job control turned off" not in t.out, t.out
+
+
+def test_run_interactive_gives_a_shell_job_control(pm: Podmgr, images: Path) -> None:
+    aci = str(build_image(images / "ish.aci", "example.com/ish", ["/bin/sh", "-i"]))
+    t = Term(
+        [
+            sys.executable,
+            "-m",
+            "podmgr",
+            "--dir",
+            str(pm.state),
+            "run",
+            INSECURE,
+            "--interactive",
+            aci,
+        ]
+    )
+    try:
+        _shell_session(t)
+        assert t.wait() == 7, t.out
+    finally:
+        t.close()
+    _no_job_control_warning(t)
+
+
+def test_enter_gives_a_shell_job_control(pm: Podmgr, confined: str) -> None:
+    t = Term(
+        [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined, "sh", "-i"]
+    )
+    try:
+        _shell_session(t)
+        assert t.wait() == 7, t.out
+    finally:
+        t.close()
+    _no_job_control_warning(t)
+    assert enter_units() == []
+
+
+def test_enter_passes_fds_when_stdout_is_no_terminal(pm: Podmgr, confined: str) -> None:
+    """stdin a terminal, stdout a pipe: the caller's own descriptors, as before the pty
+    (no CR LF in the output, stdout no terminal)."""
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "podmgr",
+                "--dir",
+                str(pm.state),
+                "enter",
+                confined,
+                "sh",
+                "-c",
+                "test -t 0 && echo in-tty; test -t 1 || echo out-pipe; tty",
+            ],
+            stdin=slave,
+            capture_output=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"in-tty\nout-pipe\n{os.ttyname(slave)}\n".encode(), p.stdout
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def _cooked(fd: int) -> bool:
+    """Whether the terminal whose master is ``fd`` echoes and edits lines (the slave's
+    settings: a master's TCGETS reads its slave's)."""
+    lflag = termios.tcgetattr(fd)[3]
+    return bool(lflag & termios.ICANON and lflag & termios.ECHO)
+
+
+def test_the_callers_terminal_is_raw_while_the_app_runs_and_restored(
+    pm: Podmgr, confined: str
+) -> None:
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "echo ready; read x; exit 3"])
+    try:
+        t.expect(rb"ready\r\n")
+        assert not _cooked(t.fd)
+        t.send(b"x\n")
+        assert t.wait() == 3, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    # A command that cannot start: one error, and the terminal as it was.
+    t = Term([*argv, "/bin/no-such-command"])
+    try:
+        assert t.wait() == 3, t.out
+        assert b"cannot run /bin/no-such-command" in t.out and b"Traceback" not in t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    # SIGTERM to podmgr goes to the command; podmgr returns its status.
+    t = Term([*argv, "sh", "-c", "echo ready; exec sleep 100"])
+    try:
+        t.expect(rb"ready\r\n")
+        os.kill(t.pid, signal.SIGTERM)
+        assert t.wait() == 128 + signal.SIGTERM, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()
+    assert enter_units() == []
+
+
+def test_the_apps_output_is_relayed_in_full(pm: Podmgr, confined: str) -> None:
+    """What the app writes just before it ends is read from the pty to its end."""
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"])
+    try:
+        assert t.wait() == 0, t.out[-500:]
+    finally:
+        t.close()
+    lines = re.findall(rb"line-(\d+)\r\n", t.out)
+    assert [int(n) for n in lines] == list(range(3000))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # The unit's first process is not the shell: the shell inherits the terminal.
+        "sh -i; exit $?",
+        # The first process hands the terminal on to a new session, as an exec shim
+        # that forks the app does: setsid(), then TIOCSCTTY with force, which takes the
+        # terminal from the first process's session (it needs CAP_SYS_ADMIN then).
+        "setsid -c sh -i; exit $?",
+    ],
+)
+def test_the_terminal_follows_the_app_past_its_first_process(
+    pm: Podmgr, images: Path, command: str
+) -> None:
+    aci = str(build_image(images / "wrapped.aci", "example.com/wrapped", ["/bin/sleep", "600"]))
+    uuid = pm("start", INSECURE, aci, "--caps-retain", "CAP_SYS_ADMIN").stdout.strip()
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", uuid]
+    t = Term([*argv, "sh", "-c", command])
+    try:
+        t.send(b"sh -c 'echo int-$((3*3)); exec sleep 100'\n")
+        t.expect(rb"\nint-9\r\n")
+        t.send(b"\x03")
+        t.send(b"tty; echo rc-$?\n")
+        t.expect(rb"\n/dev/pts/\d+\r\nrc-0\r\n")
+        t.send(b"exit 4\n")
+        assert t.wait() == 4, t.out
+    finally:
+        t.close()
+        pm("stop", uuid, check=False)
+        pm("rm", uuid, check=False)
+    _no_job_control_warning(t)
+
+
+def test_a_stopped_podmgr_gives_the_terminal_back_until_continued(
+    pm: Podmgr, confined: str
+) -> None:
+    """SIGTSTP sent to podmgr (its terminal sends none in raw mode) stops it with the
+    caller's terminal restored; SIGCONT makes it raw again, and the session goes on."""
+    argv = [sys.executable, "-m", "podmgr", "--dir", str(pm.state), "enter", confined]
+    t = Term([*argv, "sh", "-c", "echo ready; read x; echo got-$x; exit 2"])
+
+    def state() -> str:
+        return Path(f"/proc/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    try:
+        t.expect(rb"ready\r\n")
+        assert not _cooked(t.fd)
+        os.kill(t.pid, signal.SIGTSTP)
+        until(lambda: state() == "T", "podmgr stopped")
+        assert _cooked(t.fd)
+        os.kill(t.pid, signal.SIGCONT)
+        until(lambda: not _cooked(t.fd), "the terminal raw again")
+        t.send(b"on\n")
+        t.expect(rb"got-on\r\n")
+        assert t.wait() == 2, t.out
+        assert _cooked(t.fd)
+    finally:
+        t.close()

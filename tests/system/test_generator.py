@@ -206,3 +206,48 @@ def test_generator_writes_run_systemd_system_only_for_the_system_manager(
     )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "n" / "gentest.service").exists()
+
+
+def test_hostile_pod_files_cost_only_their_own_units(setup: dict[str, str]) -> None:
+    """Issue 18: a .pod linked to /dev/zero made the generator write no unit at all, a
+    FIFO hung it (and daemon-reload with it), a NUL let a value inject ExecStart=, and a
+    syntax error copied the line (a link to /etc/shadow: its first line) into the unit's
+    world-readable Description."""
+    import os
+
+    (PODS / "gentest.pod").write_text(pod_file(setup))
+    (PODS / "zero.pod").symlink_to("/dev/zero")
+    os.mkfifo(PODS / "fifo.pod")
+    (PODS / "shadow.pod").symlink_to("/etc/shadow")
+    (PODS / "inject.pod").write_bytes(
+        f"[App a]\nImage={setup['image']}\nEnvironment=A=b\0ExecStart=/bin/touch /evil\n".encode()
+    )
+    secret = "hunter2-s3cr3t"
+    (PODS / "secret.pod").write_text(f"[Pod]\nEnvironment=PASSWORD'{secret}\n[App a]\nImage=x\n")
+    try:
+        # A hung generator would make daemon-reload hang until systemd kills it (90 s).
+        assert sh("systemctl", "daemon-reload").returncode == 0
+        assert "ExecStart=" in sh("systemctl", "cat", "gentest.service").stdout
+        shadow_line = Path("/etc/shadow").read_text().split("\n", 1)[0]
+        errors = {
+            "zero": "/etc/podmgr/pods/zero.pod: not a regular file",
+            "fifo": "/etc/podmgr/pods/fifo.pod: not a regular file",
+            "inject": "/etc/podmgr/pods/inject.pod:3: control character U+0000 "
+            "in the value of Environment=",
+            "secret": "/etc/podmgr/pods/secret.pod:2: Environment=: No closing quotation",
+        }
+        for name, error in errors.items():
+            text = sh("systemctl", "cat", f"{name}.service").stdout
+            assert error in show(name, "Description")["Description"], text
+            assert "/evil" not in text and secret not in text
+        desc = show("shadow", "Description")["Description"]
+        assert desc.startswith("podmgr pod shadow: invalid pod file: /etc/podmgr/pods/shadow.pod")
+        assert shadow_line.split(":")[1] not in desc and shadow_line not in desc
+        p = sh("systemctl", "start", "inject")
+        assert p.returncode != 0
+        assert not Path("/evil").exists()
+    finally:
+        for name in ("zero", "fifo", "shadow", "inject", "secret"):
+            (PODS / f"{name}.pod").unlink()
+            sh("systemctl", "reset-failed", name)
+        sh("systemctl", "daemon-reload")

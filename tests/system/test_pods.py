@@ -15,6 +15,8 @@ import pytest
 from podfix import Podmgr, build_image, host_state, sh, until
 
 from podmgr.errors import ExitCode
+from podmgr.execshim import TARGET as SHIM
+from podmgr.hook import app_process
 
 INSECURE = "--insecure-options=image"
 
@@ -87,8 +89,11 @@ def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path)
     uuid = pm("start", INSECURE, aci).stdout.strip()
     unit = unit_of(uuid, "sleeper")
     assert sh("systemctl", "is-active", unit).stdout.strip() == "active"
-    ps = sh("ps", "-eo", "args").stdout
-    assert not [line for line in ps.splitlines() if "podmgr" in line and "ps -eo" not in line]
+    ps = [line for line in sh("ps", "-eo", "args").stdout.splitlines() if "ps -eo" not in line]
+    # No podmgr process but podmgr-exec, the parent of each app in its PID namespace.
+    assert not [line for line in ps if "podmgr" in line and not line.startswith(SHIM)]
+    hex_ = uuid.replace("-", "")
+    assert len([line for line in ps if line.startswith(SHIM) and hex_ in line]) == 1
     assert pm.json("status", uuid)["state"] == "running"
     listed = {p["uuid"]: p for p in pm.json("list")}
     assert listed[uuid]["state"] == "running"
@@ -397,7 +402,8 @@ def test_a_killed_run_leaves_the_pod_to_the_exit_hooks(
         until(lambda: name in sh("machinectl", "list", "--no-legend").stdout, "machine")
         leader = sh("machinectl", "show", "-p", "Leader", "--value", name).stdout.strip()
         main = sh("systemctl", "show", "-p", "MainPID", "--value", units[0]).stdout.strip()
-        assert leader == main, (leader, main)
+        # The app's own process, podmgr-exec's child, in the app's namespaces.
+        assert int(leader) == app_process(int(main)) != int(main), (leader, main)
     finally:
         run.kill()
         run.wait()
