@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -59,71 +60,143 @@ def _open_dir(parent: int, name: str) -> int:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
 
 
-def _empty_files(fd: int) -> list[str]:
-    """Unlink every non-directory in ``fd``; returns its subdirectories' names."""
-    subdirs = []
-    with os.scandir(fd) as it:
-        entries = list(it)
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            subdirs.append(e.name)
+def _mount_roots(dir_fd: int, name: str) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every mount point at or below ``name`` in ``dir_fd``.
+
+    A bind mount from the same filesystem has the same st_dev as its parent, so the
+    mount table is what tells; its root's (st_dev, st_ino) is what opening it gives.
+    """
+    import re  # not at the top: most commands remove no tree
+
+    try:
+        top = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    roots = set()
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
             continue
+        # The kernel writes space, tab, newline and backslash as octal escapes (\040).
+        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4]))
+        if point == top or point.startswith(top + "/"):
+            try:
+                st = os.stat(point, follow_symlinks=False)
+            except OSError:
+                continue
+            roots.add((st.st_dev, st.st_ino))
+    return roots
+
+
+class _Remover:
+    """One rmtree_at: errors raised, or (``ignore_errors``) skipped entry by entry."""
+
+    def __init__(self, dev: int, ignore_errors: bool, mounts: set[tuple[int, int]]) -> None:
+        self.dev = dev
+        self.ignore_errors = ignore_errors
+        self.mounts = mounts
+
+    def failed(self, e: OSError) -> None:
+        if not self.ignore_errors:
+            raise e
+
+    def empty_files(self, fd: int) -> list[str]:
+        """Unlink every non-directory in ``fd``; returns its subdirectories' names."""
+        subdirs = []
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e.name)
+                    continue
+                try:
+                    os.unlink(e.name, dir_fd=fd)
+                except PermissionError:
+                    os.fchmod(fd, 0o700)  # a read-only directory of ours
+                    os.unlink(e.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                self.failed(err)
+        return subdirs
+
+    def enter(self, parent: int, name: str) -> _Frame | None:
+        """The frame of directory ``name``, its files gone; None if it was skipped."""
         try:
-            os.unlink(e.name, dir_fd=fd)
+            fd = _open_dir(parent, name)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.failed(e)
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_dev != self.dev or (st.st_dev, st.st_ino) in self.mounts:
+                # A mount point (a bind mount left behind): never removed through,
+                # like rm --one-file-system; it would delete another tree's files.
+                raise OSError(errno.EXDEV, f"{name} is a mount point; not removed through it")
+            return _Frame(name, fd, st, self.empty_files(fd))
+        except OSError as e:
+            os.close(fd)
+            self.failed(e)
+            return None
+
+    def rmdir(self, parent: int, name: str) -> None:
+        try:
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except PermissionError:
+                os.fchmod(parent, 0o700)
+                os.rmdir(name, dir_fd=parent)
         except FileNotFoundError:
             pass
-        except PermissionError:
-            os.fchmod(fd, 0o700)  # a read-only directory of ours
-            os.unlink(e.name, dir_fd=fd)
-    return subdirs
-
-
-def _rmdir(parent: int, name: str) -> None:
-    try:
-        os.rmdir(name, dir_fd=parent)
-    except PermissionError:
-        os.fchmod(parent, 0o700)
-        os.rmdir(name, dir_fd=parent)
+        except OSError as e:
+            self.failed(e)
 
 
 def rmtree_at(dir_fd: int, name: str, *, ignore_errors: bool = False) -> None:
-    """Remove ``name`` (a file or a whole tree) in the directory ``dir_fd``; see rmtree."""
+    """Remove ``name`` (a file or a whole tree) in the directory ``dir_fd``; see rmtree.
+
+    Mount points below ``name`` are not removed through (EXDEV). With
+    ``ignore_errors``, what cannot be removed is skipped and the rest still removed.
+    """
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            return
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if not ignore_errors:
-                raise
+    except OSError:
+        if ignore_errors:
+            return
+        raise
+    r = _Remover(st.st_dev, ignore_errors, _mount_roots(dir_fd, name))
+    top = r.enter(dir_fd, name)
+    if top is None:
         return
-    stack: list[_Frame] = []
+    if (top.dev, top.ino) != (st.st_dev, st.st_ino):
+        assert top.fd is not None
+        os.close(top.fd)
+        r.failed(OSError(errno.EBUSY, f"{name} changed while it was being removed"))
+        return
+    stack = [top]
     try:
-        fd = _open_dir(dir_fd, name)
-        top = os.fstat(fd)
-        if (top.st_dev, top.st_ino) != (st.st_dev, st.st_ino):
-            os.close(fd)
-            raise OSError(f"{name} changed while it was being removed")
-        stack.append(_Frame(name, fd, top, []))
-        stack[-1].subdirs = _empty_files(fd)
         while stack:
             frame = stack[-1]
             assert frame.fd is not None
             if frame.subdirs:
-                child = frame.subdirs.pop()
-                cfd = _open_dir(frame.fd, child)
-                cst = os.fstat(cfd)
-                stack.append(_Frame(child, cfd, cst, []))
-                if len(stack) > _RMTREE_FDS:
-                    far = stack[-_RMTREE_FDS - 1]
-                    if far.fd is not None:
-                        os.close(far.fd)
-                        far.fd = None
-                stack[-1].subdirs = _empty_files(cfd)
+                child = r.enter(frame.fd, frame.subdirs.pop())
+                if child is not None:
+                    stack.append(child)
+                    if len(stack) > _RMTREE_FDS:
+                        far = stack[-_RMTREE_FDS - 1]
+                        if far.fd is not None:
+                            os.close(far.fd)
+                            far.fd = None
                 continue
             if len(stack) > 1:
                 parent = stack[-2]
@@ -133,7 +206,9 @@ def rmtree_at(dir_fd: int, name: str, *, ignore_errors: bool = False) -> None:
                     pst = os.fstat(pfd)
                     if (pst.st_dev, pst.st_ino) != (parent.dev, parent.ino):
                         os.close(pfd)
-                        raise OSError(f"{parent.name} moved while it was being removed")
+                        raise OSError(
+                            errno.EBUSY, f"{parent.name} moved while it was being removed"
+                        )
                     parent.fd = pfd
                 parent_fd = parent.fd
             else:
@@ -141,8 +216,9 @@ def rmtree_at(dir_fd: int, name: str, *, ignore_errors: bool = False) -> None:
             os.close(frame.fd)
             frame.fd = None
             stack.pop()
-            _rmdir(parent_fd, frame.name)
+            r.rmdir(parent_fd, frame.name)
     except OSError:
+        # Only a tree moved under our feet ends the walk: nothing else is safe then.
         if not ignore_errors:
             raise
     finally:

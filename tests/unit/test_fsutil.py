@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+import pytest
 
 from podmgr.fsutil import atomic_write, create_new, rmtree, rmtree_at
 
@@ -77,3 +80,63 @@ def test_rmtree_at_and_missing_paths(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_rmtree_never_removes_through_a_mount_point(tmp_path: Path) -> None:
+    # A bind mount a crash left below a pod's directory must not lose the mounted tree's
+    # files. In a mount namespace of its own (unshare -m), so the host sees nothing.
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "precious").write_text("x")
+    (tmp_path / "tree" / "a" / "mnt").mkdir(parents=True)
+    (tmp_path / "tree" / "a" / "file").write_text("x")
+    script = f"""
+import os, subprocess, sys
+from podmgr.fsutil import rmtree
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "--bind", "{tmp_path}/elsewhere", "{tmp_path}/tree/a/mnt"], check=True)
+try:
+    rmtree("{tmp_path}/tree")
+except OSError as e:
+    print("refused", e.errno)
+rmtree("{tmp_path}/tree", ignore_errors=True)
+print(sorted(os.listdir("{tmp_path}/tree/a")), os.path.exists("{tmp_path}/elsewhere/precious"))
+"""
+    p = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", script],
+        capture_output=True, text=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    if p.returncode != 0 and "unshare" in p.stderr:
+        pytest.skip(f"no mount namespace here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [f"refused {errno.EXDEV}", "['mnt'] True"], p.stdout
+    assert (tmp_path / "elsewhere" / "precious").read_text() == "x"
+
+
+def test_rmtree_ignore_errors_removes_what_it_can(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    chattr = shutil.which("chattr")
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    (tmp_path / "t" / "b").mkdir()
+    stuck = tmp_path / "t" / "a" / "stuck"
+    stuck.write_text("x")
+    for i in range(20):
+        (tmp_path / "t" / "b" / f"f{i}").write_text("x")
+    if chattr is None or subprocess.run([chattr, "+i", str(stuck)]).returncode != 0:
+        pytest.skip("needs chattr +i (root, a filesystem with the immutable attribute)")
+    try:
+        with pytest.raises(OSError):
+            rmtree(tmp_path / "t")
+        rmtree(tmp_path / "t", ignore_errors=True)
+        assert sorted(p.name for p in (tmp_path / "t").rglob("*")) == ["a", "stuck"]
+    finally:
+        subprocess.run([chattr, "-i", str(stuck)], check=True)
+    rmtree(tmp_path / "t")
+    assert not (tmp_path / "t").exists()
