@@ -24,7 +24,6 @@ import importlib
 import lzma
 import os
 import re
-import shutil
 import stat
 import subprocess
 import threading
@@ -35,7 +34,15 @@ from typing import IO, Any, BinaryIO, ClassVar, cast
 
 from podmgr import logger
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError
-from podmgr.extract import CHUNK, MAX_MANIFEST_SIZE, Extractor, TarReader, walk_archive
+from podmgr.extract import (
+    CHUNK,
+    MAX_MANIFEST_SIZE,
+    Budget,
+    Extractor,
+    ImportLimits,
+    TarReader,
+    walk_archive,
+)
 
 log = logger.get(__name__)
 
@@ -147,10 +154,11 @@ def check_image_id(image_id: str) -> str:
 class _Counted:
     """The raw source: counts bytes, and replays the bytes peeked for the magic."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], limits: ImportLimits | None = None) -> None:
         self._f = f
         self._head = b""
         self.count = 0
+        self._limits = limits
 
     def peek(self, n: int) -> bytes:
         data = b""
@@ -178,6 +186,8 @@ class _Counted:
         else:
             out = self._read(n)
         self.count += len(out)
+        if self._limits is not None:
+            self._limits.check_archive(self.count)
         return out
 
     def readable(self) -> bool:
@@ -265,17 +275,20 @@ def _guard(read: Callable[[int], bytes], comp: Compression) -> Callable[[int], b
 
 
 @contextlib.contextmanager
-def open_tar_stream(src: Source) -> Iterator[_Stream]:
-    """Open ``src`` (a path or a binary file object) as an uncompressed tar stream."""
+def open_tar_stream(src: Source, limits: ImportLimits | None = None) -> Iterator[_Stream]:
+    """Open ``src`` (a path or a binary file object) as an uncompressed tar stream; with
+    ``limits``, reading more than ``limits.max_archive`` bytes of it raises LimitError."""
     with contextlib.ExitStack() as stack:
         if isinstance(src, str | os.PathLike):
             try:
                 f: IO[bytes] = stack.enter_context(open(src, "rb"))
             except FileNotFoundError:
                 raise NotFoundError(f"image archive not found: {os.fspath(src)}") from None
+            if limits is not None:
+                limits.check_archive(os.fstat(f.fileno()).st_size)  # before reading it
         else:
             f = src
-        counted = _Counted(f)
+        counted = _Counted(f, limits)
         # The decompressors only call read(); the cast tells typeshed as much.
         raw = cast(IO[bytes], counted)
         head = counted.peek(6)
@@ -321,10 +334,11 @@ def image_id(src: Source) -> str:
     return "sha512-" + bytes(h.finalize()).hex()
 
 
-def read_manifest(src: Source) -> bytes:
-    """The manifest bytes of an image archive, reading only as far as the manifest."""
-    with open_tar_stream(src) as stream:
-        reader = TarReader(stream.read)
+def read_manifest(src: Source, *, limits: ImportLimits | None = None) -> bytes:
+    """The manifest bytes of an image archive, reading only as far as the manifest
+    (and, with ``limits``, no further than an image may be large)."""
+    with open_tar_stream(src, limits) as stream:
+        reader = TarReader(stream.read, budget=Budget(limits, None) if limits else None)
         try:
             return walk_archive(reader, None, stop_at_manifest=True)
         except InvalidError as e:
@@ -332,12 +346,16 @@ def read_manifest(src: Source) -> bytes:
 
 
 def _scan(
-    src: Source, sink: Extractor | None, expected_id: str | None, check_manifest: bool
+    src: Source,
+    sink: Extractor | None,
+    expected_id: str | None,
+    check_manifest: bool,
+    budget: Budget | None = None,
 ) -> ImportResult:
     expected = check_image_id(expected_id) if expected_id is not None else None
     h = _sha512()
-    with open_tar_stream(src) as stream:
-        reader = TarReader(stream.read, h.update)
+    with open_tar_stream(src, budget.limits if budget is not None else None) as stream:
+        reader = TarReader(stream.read, h.update, budget)
         try:
             manifest = walk_archive(reader, sink)
         except InvalidError as e:
@@ -364,27 +382,30 @@ def _scan(
 
 
 def validate(
-    src: Source, *, expected_id: str | None = None, check_manifest: bool = True
+    src: Source,
+    *,
+    expected_id: str | None = None,
+    check_manifest: bool = True,
+    limits: ImportLimits | None = None,
 ) -> ImportResult:
     """Check an archive fully (layout, safety, ID, manifest) without extracting it."""
-    return _scan(src, None, expected_id, check_manifest)
+    return _scan(src, None, expected_id, check_manifest, Budget(limits, None) if limits else None)
 
 
 def _remove(path: Path, created: bool) -> None:
-    def retry(func: Callable[..., Any], p: str, _exc: Any) -> None:
-        # An unprivileged extraction may have left a read-only directory behind.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
+    # fsutil's rmtree: iterative (any depth) and it makes read-only directories, which
+    # an unprivileged extraction may leave, writable first.
+    from podmgr.fsutil import rmtree, rmtree_at
 
     if created:
-        shutil.rmtree(path, onerror=retry)
+        rmtree(path)
         return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, onerror=retry)
-        else:
-            os.unlink(entry.path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(fd):
+            rmtree_at(fd, name)
+    finally:
+        os.close(fd)
 
 
 def import_stream(
@@ -393,6 +414,7 @@ def import_stream(
     *,
     expected_id: str | None = None,
     check_manifest: bool = True,
+    limits: ImportLimits | None = None,
 ) -> ImportResult:
     """Hash, validate and extract an image archive into ``dest_dir`` in one pass.
 
@@ -401,7 +423,8 @@ def import_stream(
     archive (see :mod:`podmgr.extract` for what changes when not root). On any error,
     including a wrong ``expected_id`` or an invalid manifest, everything written is
     removed (and ``dest_dir`` too if it was created here) before the error propagates.
-    Nothing is fsynced; the caller syncs before publishing the directory.
+    Nothing is fsynced; the caller syncs before publishing the directory. ``limits``
+    bound the archive, the uncompressed stream and the free space left at ``dest_dir``.
     """
     dest = Path(dest_dir)
     try:
@@ -416,7 +439,8 @@ def import_stream(
         try:
             sink = Extractor(root_fd, as_root=os.geteuid() == 0)
             try:
-                result = _scan(src, sink, expected_id, check_manifest)
+                budget = Budget(limits, dest) if limits is not None else None
+                result = _scan(src, sink, expected_id, check_manifest, budget)
                 sink.finish()
             finally:
                 sink.close()

@@ -30,6 +30,9 @@ class ExitCode(enum.IntEnum):
     CONFLICT = 8
     #: An external command that podmgr relies on failed.
     COMMAND = 9
+    #: An image exceeds an import limit (its size, compressed or extracted) or would
+    #: leave the store's filesystem less free space than the reserve.
+    LIMIT = 10
     #: Interrupted by SIGINT or SIGTERM.
     INTERRUPTED = 130
 
@@ -110,6 +113,12 @@ class CommandError(PodmgrError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class LimitError(PodmgrError):
+    """An import refused by a size limit or the free-space reserve (docs/exit-codes.md)."""
+
+    exit_code = ExitCode.LIMIT
 
 
 class Interrupted(PodmgrError):

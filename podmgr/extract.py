@@ -10,6 +10,12 @@ Extraction never follows a symlink: every directory is opened relative to its pa
 with ``O_NOFOLLOW | O_DIRECTORY``, every node is created with ``O_EXCL`` semantics, and
 an entry whose parent is not a directory the archive itself created is refused.
 
+Everything is bounded (issue 18; docs/exit-codes.md): path depth and length, names,
+link targets, extended headers and entries are refused beyond fixed limits (exit 4);
+the uncompressed stream and the free space it leaves are checked against the
+configurable :class:`ImportLimits` through a :class:`Budget` (exit 10). Nothing walks a
+path recursively per level: directories are opened level by level in a loop.
+
 Decisions, from aci.md ("All files in the image MUST maintain all of their original
 properties, including timestamps, Unix modes, and extended attributes") and ace.md:
 
@@ -33,7 +39,7 @@ from collections.abc import Callable
 from typing import Final
 
 from podmgr import logger
-from podmgr.errors import InvalidError, PodmgrError
+from podmgr.errors import InvalidError, LimitError, PodmgrError, UsageError
 
 log = logger.get(__name__)
 
@@ -44,8 +50,22 @@ CHUNK: Final = 1 << 20
 MAX_MANIFEST_SIZE: Final = 1 << 20
 #: PAX extended headers and GNU long names are held in memory, so they are capped.
 MAX_META_SIZE: Final = 8 << 20
+#: The deepest path accepted in an image's rootfs, in components (``/a/b`` is 2).
+#: Linux resolves at most PATH_MAX (4096) bytes in one path, which an app could not
+#: open anyway; real images stay far below (Debian's deepest is about 20). Refused as
+#: an invalid archive (exit 4) before anything deeper is created.
+MAX_PATH_DEPTH: Final = 256
+#: PATH_MAX without its NUL: the longest path (and symlink target) accepted.
+MAX_PATH_BYTES: Final = 4095
+#: NAME_MAX: the longest file name (one component) accepted.
+MAX_NAME_BYTES: Final = 255
+#: The most entries one archive may have: every path is held in memory while it is
+#: checked (about 200 bytes each), so this bounds that memory to some 400 MiB. Large
+#: real images have a few hundred thousand.
+MAX_ENTRIES: Final = 1 << 21
 
 _ZERO_BLOCK: Final = bytes(BLOCK)
+_META_TYPES: Final = frozenset(b"xgLK")
 _REG_TYPES: Final = frozenset(b"0\x007")
 #: Types that carry no data. Readers disagree on whether their size field counts
 #: (tarfile skips data after a hard link, Go's archive/tar does not), so a non-zero
@@ -64,6 +84,144 @@ _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O
 #: Directory fds kept open; tar streams are grouped by directory, so a small cache
 #: makes nearly every lookup a hit without risking the fd limit.
 _DIR_CACHE_SIZE: Final = 64
+
+
+#: Import limits (docs/exit-codes.md, "Import limits"): environment variables, defaults.
+MAX_IMAGE_ENV: Final = "PODMGR_MAX_IMAGE_SIZE"
+MAX_ARCHIVE_ENV: Final = "PODMGR_MAX_ARCHIVE_SIZE"
+RESERVE_ENV: Final = "PODMGR_STORE_RESERVE"
+DEFAULT_MAX_IMAGE: Final = 8 << 30
+DEFAULT_MAX_ARCHIVE: Final = 4 << 30
+DEFAULT_RESERVE: Final = "5%"
+#: The free space is looked at again after this many more uncompressed bytes.
+SPACE_CHECK_EVERY: Final = 64 << 20
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes of a size written ``123``, ``512M``, ``8G`` (powers of 1024; ``KiB`` too)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    digits = t[: len(t) - len(unit)]
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 20:
+        raise UsageError(
+            f"{what}={text!r} is not a size", hint="write a number of bytes, e.g. 512M or 8G"
+        )
+    return int(digits) * _UNITS[unit]
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            if n % _UNITS[unit] == 0:
+                return f"{n // _UNITS[unit]}{unit}"
+            return f"{n / _UNITS[unit]:.1f}{unit}"
+    return f"{n} bytes"
+
+
+class ImportLimits:
+    """What one import may write; 0 disables a cap. See docs/exit-codes.md."""
+
+    __slots__ = ("max_archive", "max_image", "reserve", "reserve_fraction")
+
+    def __init__(
+        self,
+        max_image: int = DEFAULT_MAX_IMAGE,
+        max_archive: int = DEFAULT_MAX_ARCHIVE,
+        reserve: str = DEFAULT_RESERVE,
+    ) -> None:
+        self.max_image = max_image
+        self.max_archive = max_archive
+        #: A share of the filesystem (bytes and inodes) or, if None, ``reserve`` bytes.
+        self.reserve_fraction: float | None = None
+        self.reserve = 0
+        text = reserve.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                pct = -1.0
+            if not 0 <= pct < 100:
+                raise UsageError(
+                    f"{RESERVE_ENV}={reserve!r} is not a percentage from 0 to 99",
+                    hint="write e.g. 5% or a size such as 2G",
+                )
+            self.reserve_fraction = pct / 100
+        else:
+            self.reserve = parse_size(text, RESERVE_ENV)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ImportLimits:
+        env = dict(os.environ) if env is None else env
+        return cls(
+            parse_size(env[MAX_IMAGE_ENV], MAX_IMAGE_ENV)
+            if env.get(MAX_IMAGE_ENV)
+            else DEFAULT_MAX_IMAGE,
+            parse_size(env[MAX_ARCHIVE_ENV], MAX_ARCHIVE_ENV)
+            if env.get(MAX_ARCHIVE_ENV)
+            else DEFAULT_MAX_ARCHIVE,
+            env.get(RESERVE_ENV) or DEFAULT_RESERVE,
+        )
+
+    def check_archive(self, size: int) -> None:
+        """Refuse an archive (as stored, compressed) of ``size`` bytes or more so far."""
+        if self.max_archive and size > self.max_archive:
+            raise LimitError(
+                f"image archive is larger than {format_size(self.max_archive)}, "
+                f"the limit for one image",
+                hint=f"if the image is trusted, raise the limit with {MAX_ARCHIVE_ENV}",
+            )
+
+    def check_image(self, size: int) -> None:
+        """Refuse an uncompressed tar stream of more than ``size`` bytes."""
+        if self.max_image and size > self.max_image:
+            raise LimitError(
+                f"image is larger than {format_size(self.max_image)} uncompressed, the limit "
+                "for one image (a decompression bomb, or a very large image)",
+                hint=f"if the image is trusted, raise the limit with {MAX_IMAGE_ENV}",
+            )
+
+    def check_space(self, path: str | os.PathLike[str], need: int = 0) -> None:
+        """Refuse if the filesystem of ``path``, after ``need`` more bytes, would have
+        less free space (or, for a percentage, fewer free inodes) than the reserve."""
+        if not self.reserve and not self.reserve_fraction:
+            return
+        st = os.statvfs(path)
+        free = st.f_bavail * st.f_frsize
+        if self.reserve_fraction is not None:
+            reserve = int(st.f_blocks * st.f_frsize * self.reserve_fraction)
+            low_inodes = st.f_files > 0 and st.f_favail < st.f_files * self.reserve_fraction
+        else:
+            reserve, low_inodes = self.reserve, False
+        if free - need < reserve or low_inodes:
+            what = "inodes" if low_inodes and free - need >= reserve else "space"
+            if self.reserve_fraction is not None:
+                kept = f"{self.reserve_fraction:.0%} of it"
+            else:
+                kept = format_size(reserve)
+            raise LimitError(
+                f"not enough free {what} for the image on the image store's filesystem "
+                f"({format_size(free)} free, the reserve is {kept})",
+                hint=f"free space (podmgr image gc), or lower the reserve with {RESERVE_ENV}",
+            )
+
+
+class Budget:
+    """The limits applied while one archive streams through a :class:`TarReader`."""
+
+    __slots__ = ("_next", "_path", "limits")
+
+    def __init__(self, limits: ImportLimits, space_path: str | os.PathLike[str] | None) -> None:
+        self.limits = limits
+        self._path = space_path
+        self._next = 0
+
+    def charge(self, total: int) -> None:
+        """``total`` uncompressed bytes have been read."""
+        self.limits.check_image(total)
+        if self._path is not None and total >= self._next:
+            self._next = total + SPACE_CHECK_EVERY
+            self.limits.check_space(self._path)
 
 
 def _invalid(message: str) -> InvalidError:
@@ -167,16 +325,21 @@ class TarReader:
     """Pull-parser over a tar byte stream; every byte read goes through ``on_chunk``."""
 
     def __init__(
-        self, read: Callable[[int], bytes], on_chunk: Callable[[bytes], object] | None = None
+        self,
+        read: Callable[[int], bytes],
+        on_chunk: Callable[[bytes], object] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._read = read
         self._on_chunk = on_chunk
+        self._budget = budget
         self._buf = b""
         self._pos = 0
         #: Uncompressed bytes read so far (the whole stream once ``drain`` returned).
         self.total = 0
         self._pending = 0  # data bytes of the current entry not consumed yet
         self._global: dict[str, bytes | None] = {}
+        self._global_size = 0
 
     def _fill(self) -> bool:
         chunk = self._read(CHUNK)
@@ -185,6 +348,8 @@ class TarReader:
         if self._on_chunk is not None:
             self._on_chunk(chunk)
         self.total += len(chunk)
+        if self._budget is not None:
+            self._budget.charge(self.total)
         self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
         return True
@@ -255,6 +420,7 @@ class TarReader:
         pax: dict[str, bytes | None] = {}
         longname: str | None = None
         longlink: str | None = None
+        meta_size = 0
         while True:
             offset = self.offset
             while len(self._buf) - self._pos < BLOCK:
@@ -275,6 +441,19 @@ class TarReader:
                 raise _invalid(f"bad tar header checksum at offset {offset}")
             typ = hdr[156]
             size = _num(hdr[124:136], "size", offset)
+            if typ in _META_TYPES:
+                # Held in memory until their entry (or, global ones, for good): bounded
+                # in total, not only each, or a chain of them would grow without end.
+                held = self._global_size if typ == ord("g") else meta_size
+                if held + size > MAX_META_SIZE:
+                    raise _invalid(
+                        f"tar extended headers at offset {offset} add up to more than "
+                        f"{MAX_META_SIZE} bytes"
+                    )
+                if typ == ord("g"):
+                    self._global_size += size
+                else:
+                    meta_size += size
             if typ == ord("x"):
                 pax.update(parse_pax(self._meta(size, offset), offset))
                 continue
@@ -359,6 +538,35 @@ def normalize(name: str, offset: int) -> str:
     return "/".join(parts)
 
 
+def check_bounds(path: str, linkname: str, offset: int) -> None:
+    """Refuse a path deeper or longer than Linux can open in one go (see MAX_PATH_DEPTH),
+    a component longer than NAME_MAX, and a symlink target longer than PATH_MAX."""
+    # Once per entry: the common short path costs a count and one encode (3 ms per
+    # 50,000 entries; splitting every path cost 59).
+    depth = path.count("/")
+    if depth > MAX_PATH_DEPTH:
+        raise _invalid(
+            f"path at offset {offset} in image archive nests {depth} directories "
+            f"deep (the limit is {MAX_PATH_DEPTH})"
+        )
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_PATH_BYTES:
+        raise _invalid(
+            f"path at offset {offset} in image archive is {len(raw)} bytes long "
+            f"(the limit is {MAX_PATH_BYTES})"
+        )
+    if len(raw) > MAX_NAME_BYTES and max(map(len, raw.split(b"/"))) > MAX_NAME_BYTES:
+        raise _invalid(
+            f"a file name at offset {offset} in image archive is longer than {MAX_NAME_BYTES} bytes"
+        )
+    if len(linkname) * 4 > MAX_PATH_BYTES and (
+        len(linkname.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES
+    ):
+        raise _invalid(
+            f"link target at offset {offset} in image archive is longer than {MAX_PATH_BYTES} bytes"
+        )
+
+
 def _parent(path: str) -> tuple[str, str]:
     head, _, tail = path.rpartition("/")
     return head, tail
@@ -384,19 +592,31 @@ class Extractor:
             os.close(self._fds.popitem()[1])
 
     def _dirfd(self, path: str) -> int:
+        """An open fd of the directory ``path``, opened level by level below the
+        nearest cached ancestor: a loop, not a recursion, whatever the depth."""
         if not path:
             return self._root
         fd = self._fds.get(path)
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        head, tail = _parent(path)
-        parent = self._dirfd(head)
-        fd = os.open(tail, _DIR_FLAGS, dir_fd=parent)
-        self._fds[path] = fd
-        if len(self._fds) > _DIR_CACHE_SIZE:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
+        missing = []
+        head = path
+        while head and (fd := self._fds.get(head)) is None:
+            missing.append(head)
+            head = head.rpartition("/")[0]
+        parent = self._root if not head else fd
+        assert parent is not None
+        if head:
+            self._fds.move_to_end(head)
+        for p in reversed(missing):
+            parent = os.open(_parent(p)[1], _DIR_FLAGS, dir_fd=parent)
+            # Each one cached as soon as it is open (so closed by close() on error);
+            # the one just cached is the newest, never the one evicted.
+            self._fds[p] = parent
+            if len(self._fds) > _DIR_CACHE_SIZE:
+                os.close(self._fds.popitem(last=False)[1])
+        return parent
 
     def mkdir(self, path: str, entry: TarEntry | None) -> None:
         """Create a directory (or record metadata of one created implicitly before)."""
@@ -408,6 +628,7 @@ class Extractor:
             self._dirs[path] = entry
         if entry is not None and entry.xattrs:
             self._xattrs(self._dirfd(path), entry)
+            entry.xattrs = {}  # applied; the entry is kept until finish(), they need not be
 
     def _mode(self, entry: TarEntry) -> int:
         return entry.mode if self.as_root else entry.mode & 0o1777
@@ -523,8 +744,13 @@ def walk_archive(
     seen: dict[str, str] = {"": "i"}
     explicit_root = False
     manifest: bytes | None = None
+    count = 0
     while (e := reader.next()) is not None:
+        count += 1
+        if count > MAX_ENTRIES:
+            raise _invalid(f"image archive has more than {MAX_ENTRIES} entries")
         path = normalize(e.name, e.offset)
+        check_bounds(path, e.linkname, e.offset)
         kind = "d" if e.is_dir else "f"
         prev = seen.get(path)
         if not path:

@@ -29,11 +29,18 @@ The check overlaps the import: :func:`podmgr.trust.verifying` starts sqv, and
 :meth:`Store.add`'s one pass over the archive (decompress, hash, extract into ``tmp/``)
 also feeds it the archive's bytes; the verdict is taken after the pass and before the
 blob, the index row or the tree is published (see :mod:`podmgr.trust` for the cost).
-So an unverified archive is parsed and extracted into ``tmp/`` before it is refused, by
-the same code that must already withstand hostile archives (``--insecure-options=image``
-and the manifest read of every image). If the import fails before the verdict, the rest
-of the file is fed to sqv and a refused signature is reported instead of the import's
-error: a tampered image is a bad signature wherever the change is.
+Before any byte of the image is read, the signature is screened
+(:func:`podmgr.trust.screen`): a missing or malformed one, or one whose issuer is no
+trusted key (no key at all before the manifest gives the name; none for that name
+after), is refused there, without decompressing anything (issue 18: a decompression
+bomb signed by an unknown key was extracted in full before its refusal). What remains,
+a signature by a trusted key that does not verify (a tampered image), is parsed and
+extracted into ``tmp/`` before it is refused, by the same code that must already
+withstand hostile archives, within the store's import limits (size of the archive and
+of its uncompressed stream, free-space reserve; docs/exit-codes.md). If the import fails
+before the verdict, the rest of the file is fed to sqv and a refused signature is
+reported instead of the import's error: a tampered image is a bad signature wherever the
+change is.
 
 Dependencies are fetched recursively after their image: from the store when a stored
 image matches the name and labels (and the ``imageID`` when given), else by discovery.
@@ -67,6 +74,8 @@ log = logger.get(__name__)
 
 #: Dependency chains longer than this are refused (they are cycles in practice).
 MAX_DEPTH = 32
+#: The largest signature file downloaded (an armoured signature is about 1 KiB).
+MAX_SIGNATURE_SIZE = 1 << 20
 
 
 @dataclasses.dataclass
@@ -182,34 +191,50 @@ class _Fetcher:
     # -- signatures ------------------------------------------------------------------
 
     @contextlib.contextmanager
+    def _screened(
+        self, image: Path, explicit: str | None, beside: str, name: str | None = None
+    ) -> Iterator[Path | None]:
+        """The signature file of ``image`` (None when insecure), refused if it cannot
+        pass before any byte of the image is read: missing, malformed, or by a key not
+        trusted (for ``name`` if known, else for any name). Issue 18: a decompression
+        bomb signed by an unknown key was decompressed and extracted before its refusal.
+        """
+        from podmgr.trust import screen
+
+        with self._signature(explicit, beside) as sig_path:
+            if Insecure.IMAGE not in self.cfg.insecure:
+                screen(sig_path, name or str(image), store=self.trust, name=name)
+            yield sig_path
+
+    @contextlib.contextmanager
     def _checked(
-        self, image: Path, explicit: str | None, beside: str, name: str
+        self, image: Path, sig_path: Path | None, name: str
     ) -> Iterator[_SignedImport | None]:
         """The signature check of ``image`` for Store.add to feed; None when insecure.
 
-        A missing or malformed signature is refused on entry. If the block fails before
-        the verdict, the rest of ``image`` is checked and a refusal replaces the error.
+        A missing, malformed or untrusted signature is refused on entry. If the block
+        fails before the verdict, the rest of ``image`` is checked and a refusal replaces
+        the error.
         """
         from podmgr.trust import verifying
 
-        with self._signature(explicit, beside) as sig_path:
-            if Insecure.IMAGE in self.cfg.insecure:
-                log.warning(
-                    "not verifying the signature of %s (--insecure-options=image): "
-                    "it will be used unverified",
-                    name,
-                )
-                yield None
-                return
-            with verifying(sig_path, name, store=self.trust) as check:
-                signed = _SignedImport(check, image)
-                try:
-                    yield signed
-                except Exception as e:
-                    refusal = signed.refusal()
-                    if refusal is not None:
-                        raise refusal from e
-                    raise
+        if Insecure.IMAGE in self.cfg.insecure:
+            log.warning(
+                "not verifying the signature of %s (--insecure-options=image): "
+                "it will be used unverified",
+                name,
+            )
+            yield None
+            return
+        with verifying(sig_path, name, store=self.trust) as check:
+            signed = _SignedImport(check, image)
+            try:
+                yield signed
+            except Exception as e:
+                refusal = signed.refusal()
+                if refusal is not None:
+                    raise refusal from e
+                raise
 
     @contextlib.contextmanager
     def _signature(self, explicit: str | None, beside: str) -> Any:
@@ -234,7 +259,13 @@ class _Fetcher:
         name = _download_name(source) + ".asc"
         with self.store.lock(f"url-{name}"):
             try:
-                dl = download(source, self.store.downloads, options=self.http, name=name)
+                dl = download(
+                    source,
+                    self.store.downloads,
+                    options=self.http,
+                    name=name,
+                    max_size=MAX_SIGNATURE_SIZE,
+                )
             except HTTPStatusError as e:
                 if e.status != 404 or explicit is not None:
                     raise
@@ -252,10 +283,11 @@ class _Fetcher:
         from podmgr import aci
         from podmgr.schema import parse_image_manifest
 
-        manifest_bytes = aci.read_manifest(path)
-        name = parse_image_manifest(manifest_bytes).name
-        with self._checked(path, sig, str(path) + ".asc", name) as check:
-            info = self.store.add(path, manifest_bytes=manifest_bytes, check=check)
+        with self._screened(path, sig, str(path) + ".asc") as sig_path:
+            manifest_bytes = aci.read_manifest(path, limits=self.store.limits)
+            name = parse_image_manifest(manifest_bytes).name
+            with self._checked(path, sig_path, name) as check:
+                info = self.store.add(path, manifest_bytes=manifest_bytes, check=check)
         return Fetched(ref, info.id, info.name, "file", info.verified, info.fingerprint)
 
     def _url(
@@ -321,7 +353,13 @@ class _Fetcher:
         bar = self.cfg.progress(url) if self.cfg.progress is not None else None
         try:
             return download(
-                url, self.store.downloads, cache=cache, options=self.http, progress=bar, name=name
+                url,
+                self.store.downloads,
+                cache=cache,
+                options=self.http,
+                progress=bar,
+                name=name,
+                max_size=self.store.limits.max_archive or None,
             )
         finally:
             if bar is not None:
@@ -341,8 +379,11 @@ class _Fetcher:
         if want_name is not None:
             # The name is known: the check starts before anything the server sent is
             # parsed, so that a bad signature is what is reported if parsing fails.
-            with self._checked(path, sig, sig_url, want_name) as check:
-                manifest_bytes = aci.read_manifest(path)
+            with (
+                self._screened(path, sig, sig_url, want_name) as sig_path,
+                self._checked(path, sig_path, want_name) as check,
+            ):
+                manifest_bytes = aci.read_manifest(path, limits=self.store.limits)
                 name = parse_image_manifest(manifest_bytes).name
                 if name != want_name:
                     raise InvalidError(
@@ -356,16 +397,17 @@ class _Fetcher:
                     manifest_bytes=manifest_bytes,
                     check=check,
                 )
-        manifest_bytes = aci.read_manifest(path)
-        name = parse_image_manifest(manifest_bytes).name
-        with self._checked(path, sig, sig_url, name) as check:
-            return self.store.add(
-                path,
-                take=True,
-                expected_id=expected_id,
-                manifest_bytes=manifest_bytes,
-                check=check,
-            )
+        with self._screened(path, sig, sig_url) as sig_path:
+            manifest_bytes = aci.read_manifest(path, limits=self.store.limits)
+            name = parse_image_manifest(manifest_bytes).name
+            with self._checked(path, sig_path, name) as check:
+                return self.store.add(
+                    path,
+                    take=True,
+                    expected_id=expected_id,
+                    manifest_bytes=manifest_bytes,
+                    check=check,
+                )
 
     def _app(
         self, ref: str, app: AppString, sig: str | None, expected_id: str | None = None

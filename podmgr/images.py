@@ -292,6 +292,29 @@ class Validation:
         )
 
 
+def _read_manifest_file(path: Path) -> bytes:
+    """A manifest file's bytes: a regular file (a FIFO or /dev/zero in a layout someone
+    else made must neither hang nor exhaust memory) of at most MAX_MANIFEST_SIZE."""
+    import os
+    import stat
+
+    from podmgr.errors import InvalidError
+    from podmgr.extract import MAX_MANIFEST_SIZE
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidError(f"{path} is not a regular file")
+        data = os.read(fd, MAX_MANIFEST_SIZE + 1)
+        while len(data) <= MAX_MANIFEST_SIZE and (more := os.read(fd, 1 << 16)):
+            data += more
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise InvalidError(f"{path} is too large (the limit is {MAX_MANIFEST_SIZE} bytes)")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _check_one(path: Path) -> Checked:
     from podmgr import aci
     from podmgr.errors import PodmgrError
@@ -303,13 +326,13 @@ def _check_one(path: Path) -> Checked:
             what = "image layout"
             if not (path / "rootfs").is_dir():
                 raise PodmgrError("rootfs/ is missing or not a directory")
-            m = parse_image_manifest((path / "manifest").read_bytes())
+            m = parse_image_manifest(_read_manifest_file(path / "manifest"))
             return Checked(str(path), what, m.name, None)
         with open(path, "rb") as f:
             head = f.read(64).lstrip()
         if head.startswith(b"{"):
             what = "manifest"
-            doc = parse_manifest(path.read_bytes())
+            doc = parse_manifest(_read_manifest_file(path))
             name = getattr(doc, "name", None)
             return Checked(str(path), type(doc).__name__, name, None)
         res = aci.validate(path)

@@ -93,7 +93,7 @@ def fail(reason: str, *sub: str | int) -> PydanticCustomError:
     return PydanticCustomError("appc", "{reason}", {"reason": reason, "sub": list(sub)})
 
 
-AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+AC_IDENTIFIER_RE = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*\Z")
 
 # ---------------------------------------------------------------------------------------
 # Quantities (ace.md "Resource Isolators")
@@ -270,8 +270,8 @@ class DefaultLimitValue(_Model):
         return quantity_bytes(self.limit)
 
 
-_CAP_RE = re.compile(r"^CAP_[A-Z0-9_]+$")
-_ERRNO_RE = re.compile(r"^E[A-Z0-9]+$")
+_CAP_RE = re.compile(r"^CAP_[A-Z0-9_]+\Z")
+_ERRNO_RE = re.compile(r"^E[A-Z0-9]+\Z")
 
 
 class CapabilitySetValue(_Model):

@@ -24,7 +24,7 @@ from podmgr.process import run
 
 #: A key URL is a small file; refuse anything bigger rather than filling memory.
 MAX_KEY_SIZE = 1 << 20
-FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}\Z")
 _ARMOR = re.compile(
     rb"-----BEGIN PGP (?P<label>[A-Z ,0-9]+)-----\r?\n"
     rb"(?P<headers>(?:[^\r\n]+\r?\n)*?)\r?\n?"
@@ -163,6 +163,30 @@ def _packets(data: bytes) -> Iterator[tuple[int, bytes]]:
             raise InvalidError("truncated OpenPGP packet")
         yield tag, data[i : i + n]
         i += n
+
+
+def key_fingerprints(armored: bytes) -> set[str] | None:
+    """The v4 fingerprints of every primary key and subkey in an armoured key file, or
+    None when it holds another version's key or does not parse (ask gpg then).
+
+    Only to refuse early a signature whose issuer no trusted key has (see
+    :func:`podmgr.trust.screen`): sqv still judges every signature that gets past it.
+    """
+    import hashlib
+
+    out = set()
+    try:
+        for block in dearmor(armored, "PUBLIC KEY BLOCK"):
+            for tag, body in _packets(block):
+                if tag not in (6, 14):  # public key, public subkey
+                    continue
+                if not body or body[0] != 4 or len(body) > 0xFFFF:
+                    return None
+                head = b"\x99" + len(body).to_bytes(2, "big")
+                out.add(hashlib.sha1(head + body, usedforsecurity=False).hexdigest().upper())
+    except InvalidError:
+        return None
+    return out
 
 
 def _subpackets(area: bytes) -> Iterator[tuple[int, bytes]]:

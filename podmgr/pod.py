@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from podmgr import execshim, launch, logger, metadata, podstate, rootfs, tokens, units
 from podmgr import isolators as iso
 from podmgr.errors import InvalidError, UsageError, require_root
+from podmgr.fsutil import rmtree
 from podmgr.names import bad_char, new_uuid
 from podmgr.podstate import AppRecord, PodRecord
 from podmgr.units import NetMode, RestartPolicy
@@ -326,7 +326,7 @@ def prepare(state: Path, spec: PodSpec) -> PodRecord:
         tokens.register(state, uuid, token)
         os.rename(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rmtree(tmp, ignore_errors=True)
         if token:
             tokens.unregister(state, token)
         with contextlib.suppress(Exception):

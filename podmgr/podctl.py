@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 
 from podmgr import launch, logger, names, podlist, podstate
 from podmgr.errors import ConflictError, SystemdError, UsageError, require_root
+from podmgr.fsutil import rmtree
 from podmgr.podlist import PodState
 from podmgr.podstate import PodRecord
 
@@ -276,7 +276,7 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
     from podmgr import tokens
 
     tokens.unregister(state, record.metadata_token)
-    shutil.rmtree(doomed, ignore_errors=True)
+    rmtree(doomed, ignore_errors=True)
     with contextlib.suppress(Exception):
         Images(state).unpin(uuid)
 
@@ -343,7 +343,7 @@ def gc(
             if d.name.startswith((".prep-", ".rm-")):
                 age = now.timestamp() - d.stat().st_mtime
                 if d.name.startswith(".rm-") or age > 3600:
-                    shutil.rmtree(d, ignore_errors=True)
+                    rmtree(d, ignore_errors=True)
     from podmgr import podtemplate
 
     metadata.sweep(state)

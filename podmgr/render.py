@@ -35,14 +35,14 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from podmgr.errors import InvalidError, NotFoundError, PodmgrError
-from podmgr.extract import Extractor, TarEntry, TarReader, walk_archive
+from podmgr.extract import Budget, Extractor, TarEntry, TarReader, walk_archive
+from podmgr.fsutil import rmtree_at
 
 #: Bounds a dependency graph whose paths multiply (a DAG rendered once per path).
 MAX_LAYERS = 256
@@ -158,8 +158,9 @@ class _LayerExtractor(Extractor):
         dfd = self._dirfd(head)
         st = os.stat(tail, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            # fd-based rmtree: safe against symlinks inside the removed tree.
-            shutil.rmtree(tail, dir_fd=dfd)
+            # fd-based and iterative: safe against symlinks inside the removed tree, and
+            # against its depth.
+            rmtree_at(dfd, tail)
             for cached in [p for p in self._fds if p == path or p.startswith(path + "/")]:
                 os.close(self._fds.pop(cached))
         else:
@@ -195,6 +196,7 @@ class _LayerExtractor(Extractor):
                 self._adopted.add(path)
             elif entry.xattrs:
                 self._xattrs(self._dirfd(path), entry)
+                entry.xattrs = {}  # applied; not held until finish()
             return
         if st is not None:
             self._remove(path)
@@ -261,11 +263,12 @@ def extract_layer(
     expected_id: str | None = None,
     hash: bool = True,
     keep_manifest: bool = False,
+    budget: Budget | None = None,
 ) -> LayerResult:
     """Extract the archive ``src`` below ``root_fd`` in one pass (rootfs/ and optionally
     the manifest), checking the ACI layout, hashing the uncompressed stream and copying
-    the raw bytes to ``tee`` on the way. Nothing is cleaned up on error: the caller
-    extracts into a temporary directory it owns.
+    the raw bytes to ``tee`` on the way, within ``budget`` if given. Nothing is cleaned
+    up on error: the caller extracts into a temporary directory it owns.
     """
     from podmgr.aci import open_tar_stream
 
@@ -280,8 +283,10 @@ def extract_layer(
             root_fd, whitelists=whitelists, overwrite=overwrite, keep_manifest=keep_manifest
         )
         stack.callback(sink.close)
-        stream = stack.enter_context(open_tar_stream(source))
-        reader = TarReader(stream.read, h.update if h is not None else None)
+        stream = stack.enter_context(
+            open_tar_stream(source, budget.limits if budget is not None else None)
+        )
+        reader = TarReader(stream.read, h.update if h is not None else None, budget)
         try:
             manifest = walk_archive(reader, sink)
         except OSError as e:
@@ -300,8 +305,14 @@ def extract_layer(
     return LayerResult(digest, manifest, size, reader.total)
 
 
-def render_into(target: Path, layers: Sequence[Layer], blob_of: Callable[[str], Path]) -> None:
-    """Render ``layers`` in order into the existing empty directory ``target``.
+def render_into(
+    target: Path,
+    layers: Sequence[Layer],
+    blob_of: Callable[[str], Path],
+    budget: Budget | None = None,
+) -> None:
+    """Render ``layers`` in order into the existing empty directory ``target`` (each
+    layer within ``budget`` if given).
 
     ``target`` receives ``rootfs/``; its mode is the lowest layer's, overridden by upper
     ones that have a rootfs entry.
@@ -312,6 +323,13 @@ def render_into(target: Path, layers: Sequence[Layer], blob_of: Callable[[str], 
             path = blob_of(layer.image_id)
             if not path.exists():
                 raise NotFoundError(f"image {layer.image_id[:19]} is missing from the store")
-            extract_layer(path, fd, whitelists=layer.whitelists, overwrite=i > 0, hash=False)
+            extract_layer(
+                path,
+                fd,
+                whitelists=layer.whitelists,
+                overwrite=i > 0,
+                hash=False,
+                budget=Budget(budget.limits, target) if budget is not None else None,
+            )
     finally:
         os.close(fd)

@@ -22,13 +22,21 @@ from podmgr.errors import InvalidError, NotFoundError, PodmgrError, UsageError
 log = logger.get(__name__)
 
 _MAX_LINKS = 40
+#: PATH_MAX without its NUL.
+_MAX_PATH = 4095
+#: The largest file podmgr reads out of an image (its /etc/passwd and /etc/group).
+MAX_IMAGE_FILE = 4 << 20
 
 
 def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
     """The host path of ``path`` inside ``root``, following symlinks as a chroot would.
 
-    The result may not exist. Raises InvalidError on a symlink loop.
+    The result may not exist. Raises InvalidError on a symlink loop, and on a path (as
+    given, or as its links make it) that Linux could not resolve: longer than PATH_MAX
+    or with a name longer than NAME_MAX (paths come from hostile manifests and images).
     """
+    if len(os.fsencode(path)) > _MAX_PATH:
+        raise InvalidError(f"path {path[:60]!r}… is longer than {_MAX_PATH} bytes")
     parts = [p for p in PurePosixPath("/", path).parts[1:] if p not in ("", ".")]
     resolved: list[str] = []
     links = 0
@@ -39,10 +47,14 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
                 resolved.pop()
             continue
         candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink() and (parts or follow_last):
+        try:
+            is_link = candidate.is_symlink()
+        except OSError as e:  # ENAMETOOLONG: the kernel would refuse it too
+            raise InvalidError(f"cannot resolve {path[:80]!r} in the image: {e.strerror}") from None
+        if is_link and (parts or follow_last):
             links += 1
             if links > _MAX_LINKS:
-                raise InvalidError(f"too many levels of symbolic links in {path}")
+                raise InvalidError(f"too many levels of symbolic links in {path[:200]}")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
@@ -52,12 +64,57 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> Path:
     return root.joinpath(*resolved)
 
 
-def _passwd_lookup(root: Path, file: str, name: str, id_field: int) -> int | None:
-    f = resolve(root, file)
+def read_image_file(root: Path, path: str, max_size: int = MAX_IMAGE_FILE) -> bytes | None:
+    """The content of ``path`` inside the image's ``root``, None if it does not exist.
+
+    Only a regular file is read: symlinks are followed within the root (by
+    :func:`resolve`, the last one opened with ``O_NOFOLLOW``), the open never blocks
+    (``O_NONBLOCK``: a FIFO would hang it), and a device, FIFO, socket or directory, or a
+    file over ``max_size`` bytes, is refused with InvalidError (issue 18: a /dev/zero
+    there was read until MemoryError). At most ``max_size`` + 1 bytes are read, so a
+    file that grows meanwhile is refused too.
+    """
+    host = resolve(root, path)
+
+    def not_regular() -> InvalidError:
+        return InvalidError(
+            f"{path} in the image is not a regular file",
+            hint="the image is broken or hostile; fix or replace its " + path,
+        )
+
     try:
-        text = f.read_text(errors="replace")
-    except OSError:
+        # Judged before opening too: opening a device node is refused on a nodev mount
+        # (EACCES), and on others it may have effects of its own.
+        if not stat.S_ISREG(os.lstat(host).st_mode):
+            raise not_regular()
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        fd = os.open(host, flags)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:
+        raise InvalidError(f"cannot read {path} in the image: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced meanwhile
+            raise not_regular()
+        chunks, size = [], 0
+        while size <= max_size and (chunk := os.read(fd, max_size + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_size:
+            raise InvalidError(
+                f"{path} in the image is larger than {max_size} bytes",
+                hint="the image is broken or hostile; fix or replace its " + path,
+            )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _passwd_lookup(root: Path, file: str, name: str, id_field: int) -> int | None:
+    data = read_image_file(root, file)
+    if data is None:
+        return None
+    text = data.decode(errors="replace")
     for line in text.splitlines():
         fields = line.split(":")
         if len(fields) > id_field and fields[0] == name and fields[id_field].isdigit():

@@ -52,25 +52,30 @@ AC_VERSION = "0.8.11"
 
 # ---------------------------------------------------------------------------------------
 # Scalar types (types.md)
+#
+# Every pattern ends in \Z, not $: with re.match, "$" also matches before a trailing
+# newline, so "example.com/x\n" was a valid name (issue 18), stored, and broke listings.
 
-AC_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+AC_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
 _SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z",
+    re.ASCII,  # \d is any Unicode digit otherwise
 )
 # types.md: "hash-value" where value is "the hex encoded string of the digest" and the
 # only algorithm is sha512, so exactly 128 hex digits. Abbreviated IDs are a CLI
 # convenience (looked up in the store), never valid in a manifest.
-_IMAGE_ID_RE = re.compile(r"^sha512-[0-9a-fA-F]{128}$")
+_IMAGE_ID_RE = re.compile(r"^sha512-[0-9a-fA-F]{128}\Z")
 # aci.md: letters, digits and '_' "as outlined in IEEE Std 1003.1-2008" (which also says
 # names do not begin with a digit), plus '.' and '-' for practical reasons.
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\Z")
 # types.md: RFC3339 date-time, "specifically including the T".
 _DATE_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z",
+    re.ASCII,
 )
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 def is_ac_name(value: str) -> bool:
@@ -226,6 +231,8 @@ VALID_OS_ARCH: Mapping[str, frozenset[str]] = {
     "freebsd": frozenset({"amd64", "i386", "arm"}),
     "darwin": frozenset({"x86_64", "i386"}),
 }
+
+
 class Label(_Model):
     name: ACIdentifier
     value: Str
@@ -674,14 +681,72 @@ def _to_invalid(err: ValidationError, what: str) -> InvalidError:
     return InvalidError(f"{path}: {msg}" if path else f"{what}: {msg}")
 
 
+#: The deepest JSON a manifest may nest (objects and arrays); real ones nest about 6.
+MAX_JSON_DEPTH = 64
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate keys: JSON parsers disagree on which one wins (Python's the last, some
+    # the first), so two readers of one manifest could see two different ones.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(obj: Any) -> int:
+    """How deep ``obj`` nests, walked without recursion (it is untrusted)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_JSON_DEPTH:
+            break
+        stack.extend((v, d + 1) for v in node if isinstance(v, dict | list))
+    return deepest
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """Parse untrusted JSON strictly: no duplicate keys, no NaN or Infinity, nesting at
+    most MAX_JSON_DEPTH deep; anything else is an InvalidError naming ``what``."""
+    try:
+        obj = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _DuplicateKey as e:
+        raise InvalidError(
+            f"{what} is not valid: key {str(e)[:60]!r} appears twice in one object",
+            hint="JSON readers disagree on which duplicate wins; keep one",
+        ) from None
+    except RecursionError:
+        # json's scanner recurses per level and gives up at the recursion limit.
+        raise InvalidError(
+            f"{what} is not valid: it nests deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, huge integers, NaN
+        raise InvalidError(f"{what} is not valid JSON: {str(e)[:200]}") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise InvalidError(f"{what} is not valid: it nests deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
 def _load(data: bytes | str | Mapping[str, Any], what: str) -> dict[str, Any]:
-    if isinstance(data, bytes | str):
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidError(f"{what} is not valid JSON: {e}") from None
-    else:
-        obj = dict(data)
+    obj = load_json(data, what) if isinstance(data, bytes | str) else dict(data)
     if not isinstance(obj, dict):
         raise InvalidError(f"{what} must be a JSON object")
     return obj

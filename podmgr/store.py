@@ -57,9 +57,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from podmgr import logger
 from podmgr.errors import ConflictError, InvalidError, NotFoundError, PodmgrError, UsageError
-from podmgr.fsutil import fsync_dir
+from podmgr.fsutil import fsync_dir, rmtree
 
 if TYPE_CHECKING:
+    from podmgr.extract import ImportLimits
     from podmgr.render import Layer
     from podmgr.schema import Dependency, ImageManifest
     from podmgr.storerecords import GCReport, ImageInfo, Remote
@@ -156,18 +157,21 @@ def _syncfs(path: Path) -> None:
 
 
 def _rmtree(path: Path) -> None:
-    def retry(func: Any, p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
+    # Iterative, fd-based: a tree nested any depth (a hostile image's, left in tmp/ by
+    # a killed import) never makes a later command fail with RecursionError.
+    rmtree(path)
 
-    if path.is_dir() and not path.is_symlink():
-        import shutil
 
-        shutil.rmtree(path, onerror=retry)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _discard(path: Path) -> bool:
+    """Remove work in ``tmp/``; a failure is logged, not raised: what is left there is
+    retried by the next open, and must never stop a command (issue 18: a leftover podmgr
+    could not remove made every later command fail)."""
+    try:
+        _rmtree(path)
+    except OSError as e:
+        log.warning("cannot remove %s (it is retried later): %s", path, e)
+        return False
+    return True
 
 
 class _Lock:
@@ -206,6 +210,20 @@ class Store:
         self.locks = self.root / "locks"
         self.db = db
         self._manifests: dict[str, ImageManifest] = {}
+        self._limits: ImportLimits | None = None
+
+    @property
+    def limits(self) -> ImportLimits:
+        """What one import may write: from the environment (docs/exit-codes.md)."""
+        if self._limits is None:
+            from podmgr.extract import ImportLimits
+
+            self._limits = ImportLimits.from_env()
+        return self._limits
+
+    @limits.setter
+    def limits(self, value: ImportLimits) -> None:
+        self._limits = value
 
     # -- opening -------------------------------------------------------------------------
 
@@ -311,9 +329,9 @@ class Store:
             path.mkdir(mode=0o700)
             yield path
         finally:
-            _rmtree(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lk.path)
+            if _discard(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lk.path)
             lk.release()
 
     def cleanup_tmp(self) -> list[str]:
@@ -328,10 +346,10 @@ class Store:
             except BlockingIOError:
                 continue
             try:
-                _rmtree(self.tmp / name)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lk.path)
-                removed.append(name)
+                if _discard(self.tmp / name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lk.path)
+                    removed.append(name)
             finally:
                 lk.release()
         return removed
@@ -492,13 +510,22 @@ class Store:
         without dependencies is also extracted as its rendered tree in that same pass.
         ``check`` sees the archive's bytes in that pass too, and its ``finish()`` gives
         ``verified`` and ``fingerprint`` (or refuses the image) before anything is
-        published.
+        published. :attr:`limits` bound the archive, its uncompressed stream and the free
+        space left on the store's filesystem (LimitError, with nothing published).
         """
         from podmgr import aci
+        from podmgr.extract import Budget
         from podmgr.schema import parse_image_manifest
 
+        limits = self.limits
+        try:
+            archive_size = os.stat(src).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"image archive not found: {src}") from None
+        limits.check_archive(archive_size)
+        limits.check_space(self.root, 0 if take else archive_size)
         if manifest_bytes is None:
-            manifest_bytes = aci.read_manifest(src)
+            manifest_bytes = aci.read_manifest(src, limits=limits)
         manifest = parse_image_manifest(manifest_bytes)
         render_now = not manifest.dependencies
         with self.workdir() as work, contextlib.ExitStack() as stack:
@@ -516,14 +543,22 @@ class Store:
 
                 wl = (Whitelist(manifest.path_whitelist),) if manifest.path_whitelist else ()
                 res = extract_layer(
-                    src, fd, whitelists=wl, tee=tee, expected_id=expected_id, keep_manifest=True
+                    src,
+                    fd,
+                    whitelists=wl,
+                    tee=tee,
+                    expected_id=expected_id,
+                    keep_manifest=True,
+                    budget=Budget(limits, self.root),
                 )
                 image_id, size, usize = str(res.id), res.size, res.uncompressed_size
                 seen_manifest = res.manifest_bytes
             else:
                 with open(src, "rb") as f:
                     source: Any = f if tee is None else _TeeReader(f, tee)
-                    r = aci.validate(source, expected_id=expected_id, check_manifest=False)
+                    r = aci.validate(
+                        source, expected_id=expected_id, check_manifest=False, limits=limits
+                    )
                 image_id, size, usize = r.id, r.size, r.uncompressed_size
                 seen_manifest = r.manifest_bytes
             if seen_manifest != manifest_bytes:
@@ -651,9 +686,10 @@ class Store:
                 with self.workdir() as work:
                     tree = work / "tree"
                     tree.mkdir(mode=0o755)
+                    from podmgr.extract import Budget
                     from podmgr.render import render_into
 
-                    render_into(tree, layers, self.blob_path)
+                    render_into(tree, layers, self.blob_path, Budget(self.limits, self.root))
                     (tree / "manifest").write_bytes(self.manifest_bytes(image_id))
                     self._publish_tree(tree, layers)
             else:

@@ -128,6 +128,7 @@ from podmgr.openpgp import (
     inspect_key,
     inspect_keys,
     key_age,
+    key_fingerprints,
     parse_colons,
     parse_signatures,
 )
@@ -156,6 +157,7 @@ __all__ = [
     "load_key_source",
     "normalize_prefix",
     "prefix_matches",
+    "screen",
     "verify",
     "verifying",
 ]
@@ -176,7 +178,7 @@ _PIPE_SIZE = 1 << 20
 _IOV_MAX = 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-_AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+_AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*\Z")
 
 
 class Reason(enum.StrEnum):
@@ -573,6 +575,40 @@ def _trust_hint(name: str) -> str:
     return f"if you trust this key for {name}, run: podmgr trust --prefix {name} KEYFILE"
 
 
+#: The largest signature file read (an armoured signature is about 1 KiB).
+MAX_SIGNATURE_FILE = 1 << 20
+
+
+def _read_small(path: str | os.PathLike[str], name: str) -> bytes:
+    """A signature file's bytes: only a regular file (a FIFO or /dev/zero beside an
+    image must neither hang nor exhaust memory), of at most MAX_SIGNATURE_FILE bytes."""
+    import stat
+
+    def malformed(why: str) -> UntrustedError:
+        return UntrustedError(
+            f"image {name}: malformed signature: {os.fspath(path)} {why}",
+            reason=Reason.MALFORMED,
+            name=name,
+            hint="the .aci.asc file must be an ASCII-armoured detached OpenPGP signature",
+        )
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise malformed(f"cannot be read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise malformed("is not a regular file")
+        data = os.read(fd, MAX_SIGNATURE_FILE + 1)
+        while len(data) <= MAX_SIGNATURE_FILE and (more := os.read(fd, 65536)):
+            data += more
+        if len(data) > MAX_SIGNATURE_FILE:
+            raise malformed(f"is larger than {MAX_SIGNATURE_FILE} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _read_signature(
     signature_path: str | os.PathLike[str] | None, name: str
 ) -> tuple[bytes, list[SignatureInfo]]:
@@ -585,7 +621,7 @@ def _read_signature(
             name=name,
             hint="fetch it with its .aci.asc signature",
         )
-    sig = Path(signature_path).read_bytes()
+    sig = _read_small(signature_path, name)
     try:
         signatures = [s for block in dearmor(sig, "SIGNATURE") for s in parse_signatures(block)]
     except InvalidError as e:
@@ -607,6 +643,60 @@ def _read_signature(
             hint="sign the image with gpg --detach-sign --armor (not --textmode)",
         )
     return sig, signatures
+
+
+def _refuse_untrusted_issuer(
+    signatures: list[SignatureInfo], keys: list[TrustedKey], label: str, store: TrustStore
+) -> None:
+    """Raise UntrustedError unless one of ``keys`` (or a subkey of one) is a signature's
+    issuer. A signature that names no issuer passes (sqv tries every trusted key).
+
+    Issue 18: the verdict otherwise came after the import pass, so a decompression bomb
+    signed by an unknown key was extracted in full before it was refused. The issuer
+    is an unverified claim, so this can only refuse early, never accept.
+    """
+    issuers = [s.issuer for s in signatures if s.issuer]
+    if not issuers:
+        return
+    if any(s.issued_by(k.fingerprint) for s in signatures for k in keys):
+        return  # a primary key: the common case, decided without gpg
+    # A signing subkey: from the key files' packets (v4 fingerprints are SHA-1 over the
+    # key packet), and from gpg only for keys that this cannot read.
+    unread = []
+    for k in keys:
+        try:
+            fprs = key_fingerprints(k.path.read_bytes()[: MAX_KEY_SIZE + 1])
+        except OSError:
+            continue  # an unreadable key cannot verify anything
+        if fprs is None:
+            unread.append(k)
+        elif any(s.issued_by(f) for s in signatures for f in fprs):
+            return
+    if unread:
+        with GnupgHome() as gpg:
+            infos = _usable_keys(unread, gpg)
+        if any(_signing_key(info, signatures) for _, info in infos.values()):
+            return
+    raise _untrusted_key(label, issuers[0], store)
+
+
+def screen(
+    signature_path: str | os.PathLike[str] | None,
+    label: str,
+    *,
+    store: TrustStore,
+    name: str | None = None,
+) -> None:
+    """Refuse, before any image byte is read, a signature that cannot pass: missing,
+    malformed, text-mode, or by a key not in the trust store (for ``name``, or for any
+    name while the image's name is not known yet). ``label`` names the image in errors.
+    """
+    _, signatures = _read_signature(signature_path, name or label)
+    if name is not None:
+        keys = store.keys_for(name)
+    else:
+        keys, _ = store._all()
+    _refuse_untrusted_issuer(signatures, keys, name or label, store)
 
 
 def _usable_keys(keys: list[TrustedKey], gpg: Gpg) -> dict[str, tuple[TrustedKey, KeyInfo]]:
@@ -857,14 +947,16 @@ def verifying(
     """Start checking a detached signature by a key trusted for ``name``; feed the image
     to the :class:`SignatureCheck` and ask for its :meth:`~SignatureCheck.result`.
 
-    A missing signature, malformed armour or packets, and a text-mode signature are
-    refused here, before any image byte. sqv and its temporary keyring are gone when the
+    A missing signature, malformed armour or packets, a text-mode signature, and a
+    signature whose issuer is no key trusted for ``name`` are refused here, before any
+    image byte. sqv and its temporary keyring are gone when the
     block exits.
     """
     t0 = time.perf_counter()
     check_name(name)
     sig, signatures = _read_signature(signature_path, name)
     keys = store.keys_for(name)
+    _refuse_untrusted_issuer(signatures, keys, name, store)
     with GnupgHome() as gpg:
         # sqv reads our copy: the signature judged is the one parsed above.
         (gpg.home / "signature.asc").write_bytes(sig)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from podmgr.errors import UsageError
 
 #: AC Identifier (types.md), used for image names and label names.
-AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*$")
+AC_IDENTIFIER = re.compile(r"^[a-z0-9]+([-._~/][a-z0-9]+)*\Z")
 DEFAULT_VERSION = "latest"
 
 #: ``uname -m`` → appc arch label, after appc's ``ToAppcOSArch`` table.

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from podmgr import __version__
-from podmgr.errors import NetworkError
+from podmgr.errors import LimitError, NetworkError
 from podmgr.fsutil import atomic_write, fsync_dir
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -481,8 +481,12 @@ def download(
     options: FetchOptions | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    max_size: int | None = None,
 ) -> Download:
-    """Download ``url`` to ``dest_dir/name`` (default: a name derived from the URL)."""
+    """Download ``url`` to ``dest_dir/name`` (default: a name derived from the URL).
+
+    A body larger than ``max_size`` bytes (by its Content-Length, or as it arrives)
+    raises LimitError, and its partial file is removed."""
     options = options or FetchOptions()
     dest = Path(dest_dir)
     name = name or _name_for(url)
@@ -490,7 +494,11 @@ def download(
     # Two rounds at most: a resume the server cannot honour is retried from zero once.
     for _ in range(2):
         resume = partial.load(url)
-        result = _attempt(url, dest / name, partial, resume, cache, options, progress)
+        try:
+            result = _attempt(url, dest / name, partial, resume, cache, options, progress, max_size)
+        except LimitError:
+            partial.discard()
+            raise
         if result is not None:
             return result
         partial.discard()
@@ -505,6 +513,7 @@ def _attempt(
     cache: CacheInfo | None,
     options: FetchOptions,
     progress: ProgressCallback | None,
+    max_size: int | None = None,
 ) -> Download | None:
     """One request; None means "drop the partial file and try again from zero"."""
     headers: dict[str, str] = {}
@@ -553,7 +562,7 @@ def _attempt(
             partial.remember(url, _validator(etag, modified))
         else:
             raise _status_error(t, resp)
-        size = _receive(resp, t, partial, offset, options, progress)
+        size = _receive(resp, t, partial, offset, options, progress, max_size)
         return done(_finish(partial, final), size, offset)
     finally:
         conn.close()
@@ -566,10 +575,23 @@ def _receive(
     offset: int,
     options: FetchOptions,
     progress: ProgressCallback | None,
+    max_size: int | None = None,
 ) -> int:
     """Stream the body into the part file; return the complete file's size."""
     length = resp.getheader("Content-Length")
     expected = offset + int(length) if length and length.isdigit() else None
+
+    def too_large() -> LimitError:
+        from podmgr.extract import format_size
+
+        assert max_size is not None
+        return LimitError(
+            f"fetching {t.url}: it is larger than {format_size(max_size)}, the limit",
+            hint="if the source is trusted, raise PODMGR_MAX_ARCHIVE_SIZE",
+        )
+
+    if max_size and expected is not None and expected > max_size:
+        raise too_large()
     received = offset
     with open(partial.part, "r+b" if offset else "wb") as f:
         f.truncate(offset)
@@ -592,6 +614,8 @@ def _receive(
                 break
             f.write(data)
             received += len(data)
+            if max_size and received > max_size:
+                raise too_large()
             if progress is not None:
                 progress(received, expected)
         f.flush()

@@ -54,3 +54,12 @@ def valid_entries() -> list[tuple[tarfile.TarInfo, bytes | None]]:
         entry("rootfs", tarfile.DIRTYPE),
         entry("rootfs/a", data=b"hello"),
     ]
+
+
+def remove_deep(path: Path) -> None:
+    """Remove a tree of any depth with GNU rm, not with the code under test (nor
+    pytest's shutil.rmtree): a failing deep-tree test must not leave a tree behind that
+    breaks every later pytest run's clean-up of old temporary directories."""
+    import subprocess
+
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)

@@ -7,10 +7,11 @@ import gzip
 import hashlib
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aci_util import MANIFEST, entry, tar_of, valid_entries
+from aci_util import MANIFEST, entry, remove_deep, tar_of, valid_entries
 
 from podmgr import aci
 from podmgr.errors import InvalidError
@@ -214,3 +215,74 @@ def test_sparse_files_are_refused(tmp_path: Path) -> None:
     ti, body = entry("rootfs/s", data=b"x")
     ti.pax_headers = {"GNU.sparse.map": "0,1"}
     refuse(tmp_path, tar_of(*valid_entries(), (ti, body)), "sparse")
+
+
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    remove_deep(tmp_path)
+
+
+@pytest.mark.parametrize("depth", [1500, 100_000])
+def test_deep_nesting_is_refused_before_it_is_created(deep_tmp: Path, depth: int) -> None:
+    tmp_path = deep_tmp
+    # 1,500 explicit directories, or one file 100,000 levels down (implied parents):
+    # neither recurses per level, and nothing deeper than the limit is ever created.
+    if depth == 1500:
+        entries = [entry("rootfs/" + "d/" * i, DIR) for i in range(1, depth + 1)]
+    else:
+        entries = [entry("rootfs/" + "d/" * depth + "f", data=b"x")]
+    e = refuse(tmp_path, tar_of(*valid_entries(), *entries), "nests|bytes long")
+    assert "limit" in e.message and len(e.message) < 200
+
+
+def test_depth_limit_is_exact(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
+    from podmgr.extract import MAX_PATH_DEPTH
+
+    ok = "rootfs/" + "/".join(["d"] * (MAX_PATH_DEPTH - 1)) + "/f"
+    aci.import_stream(io.BytesIO(tar_of(*valid_entries(), entry(ok, data=b"x"))), tmp_path / "ok")
+    assert (tmp_path / "ok" / ok).read_bytes() == b"x"
+    deep = "rootfs/" + "/".join(["d"] * MAX_PATH_DEPTH) + "/f"
+    refuse(tmp_path, tar_of(*valid_entries(), entry(deep, data=b"x")), "nests 257 directories")
+
+
+@pytest.mark.parametrize(
+    ("name", "linkname", "match"),
+    [
+        ("rootfs/" + "n" * 256, "", "longer than 255 bytes"),
+        ("rootfs/" + "/".join(["x" * 200] * 21), "", "bytes long"),
+        ("rootfs/l", "t" * 4096, "link target .* longer than 4095"),
+    ],
+    ids=["name", "path", "link"],
+)
+def test_overlong_names_are_refused(tmp_path: Path, name: str, linkname: str, match: str) -> None:
+    kind = SYM if linkname else tarfile.REGTYPE
+    refuse(tmp_path, tar_of(*valid_entries(), entry(name, kind, linkname=linkname)), match)
+
+
+@pytest.mark.parametrize("kind", ["x", "g", "L"])
+def test_extended_headers_are_bounded_in_total(tmp_path: Path, kind: str) -> None:
+    # Each header is under the per-header cap; a chain of them before one entry (or of
+    # global ones) is not, and would otherwise be held in memory without bound.
+    from podmgr.extract import MAX_META_SIZE
+
+    chunk = MAX_META_SIZE // 3
+    headers = b""
+    for i in range(4):
+        if kind == "L":
+            body = b"n" * chunk
+        else:
+            rec = f"SCHILY.xattr.user.k{i}=".encode() + b"v" * chunk + b"\n"
+            n = len(rec) + 8
+            n = len(str(n).encode()) + 1 + len(rec)
+            body = str(n).encode() + b" " + rec
+        ti = tarfile.TarInfo("././@LongLink" if kind == "L" else "pax")
+        ti.type = kind.encode()
+        ti.size = len(body)
+        headers += ti.tobuf(format=tarfile.GNU_FORMAT) + body + bytes(-len(body) % 512)
+    tail = tar_of(entry("rootfs/a", data=b"x"))
+    data = tar_of(*valid_entries())[:-1024]
+    data = data.rstrip(b"\0")
+    data += bytes(-len(data) % 512) + headers + tail
+    refuse(tmp_path, data, "extended headers at offset .* add up to more than")

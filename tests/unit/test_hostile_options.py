@@ -93,9 +93,6 @@ def test_ac_names_are_a_bool_or_an_invalid_error(text: str) -> None:
         assert schema.validate_ac_name(text) == text
 
 
-@pytest.mark.xfail(
-    strict=False, reason="^…$ accepts a trailing newline: wip/images fixes the patterns"
-)
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(

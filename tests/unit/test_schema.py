@@ -592,3 +592,102 @@ def test_identifier_regex_wins_over_its_own_example() -> None:
     assert "example.com/~user/app_v1" in text
     assert "`^[a-z0-9]+([-._~/][a-z0-9]+)*$`" in text
     assert not schema.is_ac_identifier("example.com/~user/app_v1")
+
+
+# --- trailing newlines, duplicate keys, depth (issue 18) --------------------------------
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    *head, last = path.split(".")
+    node: Any = doc
+    for k in head:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[int(last) if last.isdigit() else last] = value
+    return doc
+
+
+_ISO = {"name": "os/linux/capabilities-retain-set", "value": {"set": ["CAP_NET_ADMIN"]}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "value"),
+    [
+        (image(), "name", "example.com/x\n"),
+        (image(), "acVersion", "0.8.11\n"),
+        (image(), "acKind", "ImageManifest\n"),
+        (image(), "labels", [{"name": "version\n", "value": "1"}]),
+        (image(), "labels", [{"name": "os", "value": "linux\n"}]),
+        (image(environment=[{"name": "FOO\n", "value": "1"}]), "app.user", "0"),
+        (image(isolators=[_ISO]), "app.isolators.0.name", _ISO["name"] + "\n"),
+        (image(isolators=[_ISO]), "app.isolators.0.value", {"set": ["CAP_NET_ADMIN\n"]}),
+        (image(ports=[{"name": "http\n", "protocol": "tcp", "port": 80}]), "name", "example.com/x"),
+        (image(mountPoints=[{"name": "d\n", "path": "/d"}]), "name", "example.com/x"),
+        (image(), "dependencies", [{"imageName": "example.com/y", "imageID": ID + "\n"}]),
+        (image(), "annotations", [{"name": "created\n", "value": "x"}]),
+        (pod(), "apps.0.name", "a\n"),
+        (pod(), "apps.0.image.id", ID + "\n"),
+        (pod(), "apps.0.image.name", "example.com/x\n"),
+        (pod(), "volumes", [{"name": "v\n", "kind": "empty"}]),
+    ],
+)
+def test_a_trailing_newline_is_never_valid(doc: dict[str, Any], path: str, value: Any) -> None:
+    # re.match with "$" accepts "x\n": every pattern ends in \Z now.
+    invalid(schema.parse_manifest, json.dumps(_set(doc, path, value)))
+
+
+@pytest.mark.parametrize(
+    "check",
+    [schema.is_ac_name, schema.is_ac_identifier, schema.is_image_id, schema.is_semver],
+)
+def test_predicates_refuse_a_trailing_newline(check: Any) -> None:
+    good = {"is_image_id": ID, "is_semver": "1.2.3"}.get(check.__name__, "example")
+    assert check(good) and not check(good + "\n")
+
+
+def test_other_patterns_refuse_a_trailing_newline() -> None:
+    from podmgr import trust
+    from podmgr.errors import PodmgrError
+    from podmgr.fetch.appstring import parse_app_string
+
+    with pytest.raises(PodmgrError):
+        parse_app_string("example.com/x\n")
+    with pytest.raises(PodmgrError):
+        parse_app_string("example.com/x,version\n=1")
+    with pytest.raises(PodmgrError):
+        trust.check_name("example.com/x\n")
+    with pytest.raises(PodmgrError):
+        trust.check_fingerprint("A" * 40 + "\n")
+    with pytest.raises(ValueError):
+        schema.parse_date("2015-05-18T13:49:28Z\n")
+    with pytest.raises(InvalidError):
+        schema.validate_uuid("6733c088-4f7c-4c62-9d0c-1f47a8b6b3a0\n")
+    assert not schema.is_semver("\uff11.2.3")  # a full-width digit is no ASCII digit
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "a.com/x", "name": "b.com/y"}',
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "a.com/x",'
+        b' "app": {"exec": ["/x"], "user": "0", "group": "0", "user": "1"}}',
+    ],
+    ids=["top", "nested"],
+)
+def test_duplicate_keys_are_refused(raw: bytes) -> None:
+    assert "appears twice" in invalid(schema.parse_image_manifest, raw)
+
+
+@pytest.mark.parametrize("depth", [65, 900, 200_000])
+def test_deep_nesting_is_refused(depth: int) -> None:
+    raw = b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "a.com/x", "x": '
+    raw += b"[" * depth + b"]" * depth + b"}"
+    assert "nests deeper than 64" in invalid(schema.parse_image_manifest, raw)
+    assert "nests deeper" in invalid(schema.parse_pod_manifest, b"[" * depth + b"]" * depth)
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"x": NaN}', b'{"x": -Infinity}', b'{"x": ' + b"1" * 5000 + b"}", b"\xff\xfe"]
+)
+def test_other_bad_json_is_invalid(raw: bytes) -> None:
+    assert "not valid JSON" in invalid(schema.parse_image_manifest, raw)

@@ -294,3 +294,146 @@ def test_cli_image_validate(tmp_path: Path) -> None:
     p = podmgr(tmp_path / "state", "image", "validate", str(aci), str(bad))
     assert p.returncode == 4
     assert "bad.json: invalid" in p.stdout and "name" in p.stdout
+
+
+def _integrity(state: Path) -> str:
+    db = sqlite3.connect(state / "cas" / "index.db")
+    try:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    from aci_util import remove_deep
+
+    yield tmp_path
+    remove_deep(tmp_path)
+
+
+def test_a_deep_leftover_in_tmp_never_bricks_the_store(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
+    # What a killed import of a deeply nested image (or an older podmgr) leaves in tmp/.
+    state = tmp_path / "state"
+    Store.open(state).close()
+    left = state / "cas" / "tmp" / "0123456789abcdef"
+    left.mkdir()
+    fd = os.open(left, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(sys.getrecursionlimit() * 2):
+        os.mkdir("d", dir_fd=fd)
+        new = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = new
+    os.close(fd)
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0, p.stderr
+    assert list((state / "cas" / "tmp").iterdir()) == []
+    assert _integrity(state) == "ok"
+
+
+def test_a_deeply_nested_image_is_refused_and_the_store_keeps_working(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
+    import gzip
+    import tarfile
+
+    from aci_util import entry, tar_of, valid_entries
+
+    deep = tmp_path / "deep.aci"
+    dirs = [entry("rootfs/" + "d/" * i, tarfile.DIRTYPE) for i in range(1, 1501)]
+    deep.write_bytes(gzip.compress(tar_of(*valid_entries(), *dirs)))
+    state = tmp_path / "state"
+    for args in (["--insecure-options=image"], []):
+        p = podmgr(state, "fetch", *args, str(deep))
+        assert p.returncode in (1, 4), p.stderr
+        assert "internal error" not in p.stderr and p.stderr.count("error:") == 1
+    aci, iid = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    p = podmgr(state, "fetch", "--insecure-options=image", str(aci))
+    assert p.returncode == 0 and p.stdout.strip() == iid, p.stderr
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0 and "example.com/a" in p.stdout, p.stderr
+    assert podmgr(state, "image", "gc", "--grace-period=0s").returncode == 0
+    assert list((state / "cas" / "tmp").iterdir()) == []
+    assert _integrity(state) == "ok"
+
+
+@pytest.mark.parametrize(
+    "man",
+    [
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x\\n"}',
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x",'
+        b' "name": "example.com/y"}',
+        b'{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/x", "a": '
+        + b"[" * 200_000
+        + b"]" * 200_000
+        + b"}",
+    ],
+    ids=["newline", "duplicate", "deep"],
+)
+def test_a_hostile_manifest_is_refused_and_the_store_keeps_working(
+    tmp_path: Path, man: bytes
+) -> None:
+    import gzip
+    import tarfile
+
+    from aci_util import entry, tar_of
+
+    bad = tmp_path / "bad.aci"
+    bad.write_bytes(
+        gzip.compress(tar_of(entry("manifest", data=man), entry("rootfs", tarfile.DIRTYPE)))
+    )
+    state = tmp_path / "state"
+    p = podmgr(state, "fetch", "--insecure-options=image", str(bad))
+    assert p.returncode == 4, p.stderr
+    assert "internal error" not in p.stderr and p.stderr.count("error:") == 1
+    p = podmgr(state, "image", "validate", str(bad))
+    assert p.returncode == 4 and "internal error" not in p.stderr, p.stderr
+    aci, iid = build_image(tmp_path / "a.aci", manifest("example.com/a"), {"x": "1"})
+    p = podmgr(state, "fetch", "--insecure-options=image", str(aci))
+    assert p.returncode == 0 and p.stdout.strip() == iid, p.stderr
+    p = podmgr(state, "image", "list")
+    assert p.returncode == 0 and p.stdout.count("example.com/") == 1, p.stdout
+    assert _integrity(state) == "ok"
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_stop_commands(tmp_path: Path) -> None:
+    import shutil
+
+    state = tmp_path / "state"
+    Store.open(state).close()
+    left = state / "cas" / "tmp" / "fedcba9876543210"
+    (left / "d").mkdir(parents=True)
+    stuck = left / "d" / "immutable"
+    stuck.write_text("x")
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(stuck)]).returncode != 0:
+        pytest.skip("needs chattr +i (root, a filesystem with the immutable attribute)")
+    try:
+        p = podmgr(state, "image", "list")
+        assert p.returncode == 0, p.stderr
+        assert "cannot remove" in p.stderr and "retried later" in p.stderr
+        assert "error" not in p.stderr
+    finally:
+        subprocess.run([chattr, "-i", str(stuck)], check=True)
+    assert podmgr(state, "image", "list").stderr == ""
+    assert list((state / "cas" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
+def test_validate_reads_a_layouts_manifest_only_if_small_and_regular(
+    tmp_path: Path, kind: str
+) -> None:
+    layout = tmp_path / "layout"
+    (layout / "rootfs").mkdir(parents=True)
+    man = layout / "manifest"
+    if kind == "dev-zero":
+        man.symlink_to("/dev/zero")  # read_bytes() ran until MemoryError
+    elif kind == "fifo":
+        os.mkfifo(man)  # and this hung
+    else:
+        with open(man, "wb") as f:
+            f.truncate(64 << 20)
+    p = podmgr(tmp_path / "state", "image", "validate", str(layout), timeout=60)
+    assert p.returncode == 4, p.stderr
+    assert "internal error" not in p.stderr
+    assert "not a regular file" in p.stdout or "too large" in p.stdout

@@ -487,3 +487,24 @@ def test_abandoned_streamed_check_ends_sqv(
         sqv = check._sqv
         raise RuntimeError("import failed")
     assert not sqv.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_verify_reads_only_a_small_regular_signature_file(tmp_path: Path, kind: str) -> None:
+    # trust.verify is called with any path (not only through fetch.file's checks).
+    import os
+
+    from podmgr.trust import TrustStore, UntrustedError, verify
+
+    sig = tmp_path / "x.asc"
+    if kind == "fifo":
+        os.mkfifo(sig)
+    elif kind == "dev-zero":
+        sig.symlink_to("/dev/zero")
+    else:
+        with open(sig, "wb") as f:
+            f.truncate(2 << 20)
+    image = tmp_path / "x.aci"
+    image.write_bytes(b"x")
+    with pytest.raises(UntrustedError, match="malformed signature"):
+        verify(image, sig, "example.com/x", store=TrustStore(tmp_path / "t", None))
