@@ -277,9 +277,14 @@ def stops_pod(
     :func:`parse_exit`): by the exit policy, or because it was the leader, which
     ``machinectl terminate`` stops, and that means the whole pod. (PropagatesStopTo=
     would also fire when the leader merely exits.)"""
-    result, code, _status, _sig = exit
+    result, code, status, _sig = exit
     lead = leader(apps)
-    if code in ("killed", "dumped") and result == "success" and lead and lead["name"] == app:
+    # Ended by SIGTERM: killed by it, or, as PID 1 of its namespace (which cannot die of
+    # a signal it handles), exiting with 128 + SIGTERM as shells and most runtimes do.
+    terminated = (code in ("killed", "dumped") and result == "success") or (
+        code == "exited" and status == 128 + signal.SIGTERM
+    )
+    if terminated and lead and lead["name"] == app:
         return True
     failed = result != "success"
     return not others_running or policy == "on-any" or (policy == "on-any-failure" and failed)

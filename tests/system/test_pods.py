@@ -129,9 +129,9 @@ def test_start_leaves_no_podmgr_process_and_stop_works(pm: Podmgr, images: Path)
 
 
 def test_machinectl_terminate_stops_the_whole_pod(pm: Podmgr, images: Path) -> None:
-    # Apps that end on SIGTERM: as PID 1 of their namespaces, a bare sleep would ignore
-    # machined's and wait out the stop timeout (docs/pods.md).
-    aci = img(images, "sleeper2", ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"])
+    # Apps that end on SIGTERM as a shell does, with 128 + 15: as PID 1 of their
+    # namespaces, a bare sleep would ignore machined's and wait out the stop timeout.
+    aci = img(images, "sleeper2", ["/bin/sh", "-c", "trap 'exit 143' TERM; sleep 600 & wait"])
     uuid = pm("start", INSECURE, aci, "--name", "a", "---", aci, "--name", "b").stdout.strip()
     assert sh("systemctl", "is-active", unit_of(uuid, "a"), unit_of(uuid, "b")).returncode == 0
     t = sh("machinectl", "terminate", f"podmgr-{uuid.replace('-', '')}")

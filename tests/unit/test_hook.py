@@ -21,6 +21,9 @@ import pytest
         # machinectl terminate: the leader (the first app) stopped by a signal, cleanly.
         ("a", ("success", "killed", 15, "TERM"), True, "on-all", True, False),
         ("b", ("success", "killed", 15, "TERM"), True, "on-all", False, False),
+        # ... or, as PID 1 of its namespace, exiting 128 + SIGTERM on it, as a shell does.
+        ("a", ("exit-code", "exited", 143, None), True, "on-all", True, False),
+        ("b", ("exit-code", "exited", 143, None), True, "on-all", False, False),
         # An app that systemd restarts cannot lead (see hook.leader).
         ("b", ("success", "killed", 15, "TERM"), True, "on-all", True, True),
     ],
