@@ -46,7 +46,7 @@ gpg --batch --quiet --armor --export >"$work/demo.pub"
 podmgr trust --prefix demo.podmgr.io --skip-fingerprint-review "$work/demo.pub"
 podmgr fetch "$work/demo.aci"
 
-echo "== Starting a two-app pod (no podmgr process stays behind)"
+echo "== Starting a two-app pod (no podmgr process stays behind but, before systemd 257, podmgr-exec as each app's parent)"
 uuid=$(podmgr start demo.podmgr.io/busybox --name greeter --- demo.podmgr.io/busybox --name helper)
 hex=${uuid//-/}
 sleep 3.5
