@@ -910,6 +910,10 @@ def _seconds(text: str) -> float | None:
         return None
 
 
+#: --idle-exit's default.
+IDLE_EXIT = "5m"
+
+
 def main(argv: Sequence[str]) -> int | None:
     """``podmgr [--dir DIR] [--debug] metadata-service [--listen ADDR:PORT]…
     [--idle-exit DURATION]`` without click: the service is socket-activated, and its
@@ -920,7 +924,9 @@ def main(argv: Sequence[str]) -> int | None:
 
     state = os.environ.get(names.DIR_ENV) or names.STATE_DIR
     listen: list[str] = []
-    idle = "0"
+    # Socket-activated, it exits when idle: no podmgr process stays on a host whose
+    # pods have not asked for a while; the next pod's start waits for it again.
+    idle = IDLE_EXIT
     debug = command = False
     args = list(argv)
     while args:

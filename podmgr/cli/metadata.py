@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from podmgr.cli import Ctx
+from podmgr.metadata import IDLE_EXIT
 
 
 @click.command("metadata-service")
@@ -17,7 +18,7 @@ from podmgr.cli import Ctx
 )
 @click.option(
     "--idle-exit",
-    default="0",
+    default=IDLE_EXIT,
     show_default=True,
     metavar="DURATION",
     help="When socket-activated, exit after this long without a request (0: never); "

@@ -343,3 +343,6 @@ def test_its_options_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     assert metadata.main([*argv, "--idle-exit", "2m"]) == 0
     assert seen["state"] == Path("/s")
     assert seen["listen"] == ["a:1", "b:2"] and seen["idle_exit"] == 120.0
+    # Without it: idle for five minutes, it exits (the socket starts it again).
+    assert metadata.main(argv) == 0
+    assert seen["idle_exit"] == 300.0
