@@ -227,6 +227,26 @@ def rmtree_at(dir_fd: int, name: str, *, ignore_errors: bool = False) -> None:
                 os.close(f.fd)
 
 
+#: Opening a file someone else controls: no blocking open of a FIFO, no terminal taken.
+READ_UNTRUSTED = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def read_regular(fd: int, limit: int) -> bytes | str:
+    """All of the regular file ``fd`` if it holds at most ``limit`` bytes; else why not,
+    as words for the caller's error ("is not a regular file", "is larger than N bytes"):
+    a FIFO or /dev/zero must neither hang nor exhaust memory."""
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return "is not a regular file"
+    data = os.read(fd, limit + 1)
+    while len(data) <= limit and (more := os.read(fd, 1 << 16)):
+        data += more
+    if len(data) > limit:
+        return f"is larger than {limit} bytes"
+    return data
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory so that a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

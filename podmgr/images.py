@@ -296,23 +296,19 @@ def _read_manifest_file(path: Path) -> bytes:
     """A manifest file's bytes: a regular file (a FIFO or /dev/zero in a layout someone
     else made must neither hang nor exhaust memory) of at most MAX_MANIFEST_SIZE."""
     import os
-    import stat
 
     from podmgr.errors import InvalidError
     from podmgr.extract import MAX_MANIFEST_SIZE
+    from podmgr.fsutil import READ_UNTRUSTED, read_regular
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = os.open(path, READ_UNTRUSTED)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidError(f"{path} is not a regular file")
-        data = os.read(fd, MAX_MANIFEST_SIZE + 1)
-        while len(data) <= MAX_MANIFEST_SIZE and (more := os.read(fd, 1 << 16)):
-            data += more
-        if len(data) > MAX_MANIFEST_SIZE:
-            raise InvalidError(f"{path} is too large (the limit is {MAX_MANIFEST_SIZE} bytes)")
-        return data
+        data = read_regular(fd, MAX_MANIFEST_SIZE)
     finally:
         os.close(fd)
+    if isinstance(data, str):
+        raise InvalidError(f"{path} {data}")
+    return data
 
 
 def _check_one(path: Path) -> Checked:

@@ -582,7 +582,6 @@ MAX_SIGNATURE_FILE = 1 << 20
 def _read_small(path: str | os.PathLike[str], name: str) -> bytes:
     """A signature file's bytes: only a regular file (a FIFO or /dev/zero beside an
     image must neither hang nor exhaust memory), of at most MAX_SIGNATURE_FILE bytes."""
-    import stat
 
     def malformed(why: str) -> UntrustedError:
         return UntrustedError(
@@ -592,21 +591,19 @@ def _read_small(path: str | os.PathLike[str], name: str) -> bytes:
             hint="the .aci.asc file must be an ASCII-armoured detached OpenPGP signature",
         )
 
+    from podmgr.fsutil import READ_UNTRUSTED, read_regular
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, READ_UNTRUSTED)
     except OSError as e:
         raise malformed(f"cannot be read: {e.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise malformed("is not a regular file")
-        data = os.read(fd, MAX_SIGNATURE_FILE + 1)
-        while len(data) <= MAX_SIGNATURE_FILE and (more := os.read(fd, 65536)):
-            data += more
-        if len(data) > MAX_SIGNATURE_FILE:
-            raise malformed(f"is larger than {MAX_SIGNATURE_FILE} bytes")
-        return data
+        data = read_regular(fd, MAX_SIGNATURE_FILE)
     finally:
         os.close(fd)
+    if isinstance(data, str):
+        raise malformed(data)
+    return data
 
 
 def _read_signature(
