@@ -54,7 +54,7 @@ bench:
 debian13-root: build/trixie-root/usr/lib/systemd/systemd
 build/trixie-root/usr/lib/systemd/systemd:
 	mkdir -p build
-	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2 trixie build/trixie-root.tmp http://deb.debian.org/debian
+	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2 trixie build/trixie-root.tmp
 	mv build/trixie-root.tmp build/trixie-root
 
 ## The Debian 13 package, build/deb/podmgr_*.deb, built in a copy of the trixie tree (lintian

@@ -8,7 +8,6 @@ Public interface::
     export_image(store, ref, out) -> Exported
     extract_image(store, ref, dest, *, rootfs_only, render) -> Extracted
     cat_manifest(store, ref, *, pretty) -> ManifestText
-    parse_duration("24h") -> float seconds
 """
 
 from __future__ import annotations
@@ -16,37 +15,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from podmgr.errors import NotFoundError, UsageError
+from podmgr.errors import NotFoundError
 
 if TYPE_CHECKING:
     from podmgr.store import Store
     from podmgr.storerecords import ImageInfo
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``24h``, ``1h30m``, ``90s``, ``2d`` or a bare number of seconds."""
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(t) or not t:
-        raise UsageError(
-            f"invalid duration {text!r}", hint="write it like 24h, 90m, 1h30m, 45s or 2d"
-        )
-    return total
-
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:

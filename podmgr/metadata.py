@@ -898,18 +898,6 @@ def serve(
 # ---- the command, without click ------------------------------------------------------------
 
 
-def _seconds(text: str) -> float | None:
-    """podctl.parse_duration's forms (``90s``, ``5m``, ``1h``, ``2d``, seconds)."""
-    t = text.strip()
-    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if t and t[-1] in scale:
-            return float(t[:-1]) * scale[t[-1]]
-        return float(t)
-    except ValueError:
-        return None
-
-
 #: --idle-exit's default.
 IDLE_EXIT = "5m"
 
@@ -948,7 +936,9 @@ def main(argv: Sequence[str]) -> int | None:
             idle = value
         else:
             return None
-    idle_exit = _seconds(idle)
+    from podmgr.duration import seconds
+
+    idle_exit = seconds(idle)
     if not command or idle_exit is None:
         return None
     if debug:

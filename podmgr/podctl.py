@@ -10,7 +10,6 @@ garbage? which boot?) and from systemd (are any of its app units still running?)
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from podmgr import launch, logger, names, podlist, podstate
-from podmgr.errors import ConflictError, SystemdError, UsageError, require_root
+from podmgr.errors import ConflictError, SystemdError, require_root
 from podmgr.fsutil import rmtree
 from podmgr.podlist import PodState
 from podmgr.podstate import PodRecord
@@ -351,23 +350,3 @@ def gc(
     return GcResult(removed, marked)
 
 
-def parse_duration(text: str) -> timedelta:
-    """``30m``, ``24h``, ``90s``, ``2d``, or a bare number of seconds."""
-    t = text.strip()
-    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        seconds = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
-    except ValueError:
-        seconds = math.nan
-    # No infinity, NaN or negative time; nor more than timedelta, time.sleep() and a
-    # thread's wait hold (they overflowed: "Python int too large to convert to C int").
-    if not 0 <= seconds <= MAX_DURATION:
-        raise UsageError(
-            f"invalid duration {text!r}",
-            hint=f"use e.g. 90s, 30m, 24h, 2d; at most {MAX_DURATION // 86400}d",
-        )
-    return timedelta(seconds=seconds)
-
-
-#: Ten years: longer than any wait or grace period means, within what every clock holds.
-MAX_DURATION = 10 * 366 * 86400

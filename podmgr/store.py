@@ -7,8 +7,8 @@ Public interface (what the pods code uses)::
     store.manifest(image_id) -> ImageManifest
     store.render(image_id) -> Path          # <tree>/rootfs, rendered with dependencies if needed
     store.pin(pod_uuid, image_ids)          # before render; keeps images (and their
-    store.unpin(pod_uuid)                   #   dependencies and trees) from rm and gc
-    store.touch(image_id)                   # records "last used"
+    store.unpin(pod_uuid)                   #   dependencies and trees) from rm and gc;
+                                            #   records them as "last used" now
     store.add(path, …) -> ImageInfo         # import an archive (used by podmgr.fetchimage)
     store.get(image_id) / images() / remove(image_id) / gc(grace) / blob_path(image_id)
 
@@ -696,10 +696,6 @@ class Store:
                 self._record_tree(key, layers)
         return final / "rootfs"
 
-    def touch(self, image_id: str) -> None:
-        with self._write():
-            self.db.execute("UPDATE images SET last_used = ? WHERE id = ?", (time.time(), image_id))
-
     # -- pins ----------------------------------------------------------------------------
 
     def dependency_closure(self, image_id: str) -> list[str]:
@@ -733,10 +729,14 @@ class Store:
                             f"image {iid[:19]} is not in the store",
                             hint="it may have just been removed; fetch it again",
                         )
+                    now = time.time()
                     with self._write():
                         self.db.execute(
-                            "INSERT OR IGNORE INTO pins VALUES (?, ?, ?)",
-                            (pod_uuid, iid, time.time()),
+                            "INSERT OR IGNORE INTO pins VALUES (?, ?, ?)", (pod_uuid, iid, now)
+                        )
+                        # A pod uses it: `image list`'s "last used", in the same write.
+                        self.db.execute(
+                            "UPDATE images SET last_used = ? WHERE id = ?", (now, iid)
                         )
 
     def unpin(self, pod_uuid: str) -> None:

@@ -94,7 +94,8 @@ def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
 @click.pass_obj
 def gc(obj: Ctx, grace_period: str) -> None:
     """Remove images and rendered trees that no pod uses and were not used lately."""
-    from podmgr.images import gc_images, parse_duration
+    from podmgr.duration import parse as parse_duration
+    from podmgr.images import gc_images
 
     grace = parse_duration(grace_period)
     with _store(obj) as store:

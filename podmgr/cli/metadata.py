@@ -28,8 +28,7 @@ from podmgr.metadata import IDLE_EXIT
 @click.pass_obj
 def metadata_service(ctx: Ctx, listen: tuple[str, ...], idle_exit: str) -> None:
     """Serve the appc metadata service (pod and app metadata, HMAC identity)."""
-    from podmgr import metadata
-    from podmgr.podctl import parse_duration
+    from podmgr import duration, metadata
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         for host, port in addresses:
@@ -38,6 +37,6 @@ def metadata_service(ctx: Ctx, listen: tuple[str, ...], idle_exit: str) -> None:
     metadata.serve(
         ctx.dir,
         listen=listen,
-        idle_exit=parse_duration(idle_exit).total_seconds(),
+        idle_exit=duration.parse(idle_exit),
         on_ready=ready,
     )

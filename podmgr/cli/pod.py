@@ -459,14 +459,14 @@ def status(
     ctx: Ctx, wait_: str | None, wait_ready: str | None, uuid_file: Path | None, uuid: str | None
 ) -> None:
     """Show a pod's state, its apps, exit codes, restarts, PIDs, memory and CPU."""
-    from podmgr import launch, podctl
+    from podmgr import duration, launch, podctl
 
     u = _uuid(ctx, uuid, uuid_file)
     if wait_ is not None:
-        timeout = None if wait_ == "inf" else podctl.parse_duration(wait_).total_seconds()
+        timeout = None if wait_ == "inf" else duration.parse(wait_)
         launch.wait(ctx.dir, u, bus=ctx.bus, timeout=timeout)
     if wait_ready is not None:
-        timeout = None if wait_ready == "inf" else podctl.parse_duration(wait_ready).total_seconds()
+        timeout = None if wait_ready == "inf" else duration.parse(wait_ready)
         podctl.wait_ready(ctx.dir, u, bus=ctx.bus, timeout=timeout)
     emit(podctl.status(ctx.dir, u, bus=ctx.bus))
 
@@ -520,13 +520,15 @@ def rm(ctx: Ctx, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
 @click.pass_obj
 def gc(ctx: Ctx, grace_period: str, expire_prepared: str, mark_only: bool) -> None:
     """Remove exited pods past the grace period, and expired prepared pods."""
-    from podmgr import podctl
+    from datetime import timedelta
+
+    from podmgr import duration, podctl
 
     emit(
         podctl.gc(
             ctx.dir,
-            grace=podctl.parse_duration(grace_period),
-            expire_prepared=podctl.parse_duration(expire_prepared),
+            grace=timedelta(seconds=duration.parse(grace_period)),
+            expire_prepared=timedelta(seconds=duration.parse(expire_prepared)),
             mark_only=mark_only,
             bus=ctx.bus,
         )

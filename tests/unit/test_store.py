@@ -179,6 +179,23 @@ def test_gc_grace_period_keeps_recent_images(tmp_path: Path, store: Store) -> No
     assert store.has(iid)
 
 
+def test_a_pods_use_is_the_images_last_use(tmp_path: Path, store: Store) -> None:
+    """`image list` said "never" for every image: nothing recorded a use."""
+    base, base_id = build_image(tmp_path / "b.aci", manifest("example.com/b"), {"x": "1"})
+    top, top_id = build_image(
+        tmp_path / "t.aci", manifest("example.com/t", deps=[dep("example.com/b")]), {}
+    )
+    store.add(base)
+    store.add(top)
+    assert store.get(top_id).last_used is None and store.get(base_id).last_used is None
+    store.pin("pod-1", [top_id])
+    assert store.get(top_id).last_used is not None
+    assert store.get(base_id).last_used is not None  # its dependency is used as well
+    listed = podmgr(store.dir, "image", "list", "--format=json")
+    rows = {i["name"]: i for i in json.loads(listed.stdout)["data"]}
+    assert rows["example.com/t"]["lastUsed"] is not None
+
+
 def test_pin_of_a_missing_image_fails(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.pin("p", ["sha512-" + "1" * 128])
