@@ -268,9 +268,18 @@ def resolve_ports(manifest: Any) -> list[PortMapping]:
         if ep.pod_port is not None:
             declared = [("pod", ep.pod_port)]
         if not declared:
+            ports = [
+                f"{p.name} ({p.protocol} {p.port})"
+                for ra in manifest.apps
+                if ra.app is not None
+                for p in ra.app.ports
+            ]
+            have = f"the apps declare {', '.join(ports)}" if ports else "the apps declare none"
+            example = ports[0].split()[0] if ports else "http"
             raise InvalidError(
-                f"no app declares a port named {ep.name!r}",
-                hint="--port takes the port's name from the image manifest's app.ports",
+                f"no app declares a port named {ep.name!r}; {have}",
+                hint=f"--port NAME:[HOSTIP:]HOSTPORT maps a declared port by its name, e.g. "
+                f"--port {example}:8080 (not docker's HOSTPORT:PORT)",
             )
         if len(declared) > 1:
             raise InvalidError(

@@ -294,9 +294,9 @@ class GcResult:
     marked: list[str]
 
     def text(self) -> str:
-        return "\n".join(
-            [*(f"removed {u}" for u in self.removed), *(f"marked {u}" for u in self.marked)]
-        )
+        lines = [*(f"removed {u}" for u in self.removed), *(f"marked {u}" for u in self.marked)]
+        # Silence read as "did it run?"; say so when there was nothing to collect.
+        return "\n".join(lines) if lines else "no pod to collect"
 
 
 def _exit_time(pdir: Path, record: PodRecord) -> datetime:

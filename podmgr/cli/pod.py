@@ -51,6 +51,14 @@ def parse_volume(value: str) -> dict[str, Any]:
     name = o.pop("name", None)
     if not name:
         raise click.BadParameter(f"{value!r}: the volume needs a NAME first")
+    if "/" in name:
+        # docker's -v SOURCE:TARGET: a pod declares its volumes, and each app mounts them.
+        source, _, target = name.partition(":")
+        target = target.split(":", 1)[0] or "/PATH"
+        raise click.BadParameter(
+            f"{value!r} is docker's -v syntax; podmgr names a volume, then mounts it: "
+            f"--volume data,kind=host,source={source} IMAGE --mount volume=data,target={target}"
+        )
     vol: dict[str, Any] = {"name": name, "kind": o.pop("kind", "host")}
     for key, conv in (
         ("source", str),

@@ -317,6 +317,10 @@ def test_port_in_use_on_the_host_is_refused(
     assert "Traceback" not in p.stderr
     p = pm("start", INSECURE, "--port", "nosuch:18082", web, check=False)
     assert p.returncode != 0 and "no app declares a port named 'nosuch'" in p.stderr
+    # docker's HOSTPORT:PORT: the error names the image's ports and the syntax.
+    p = pm("start", INSECURE, "--port", "8080:80", web, check=False)
+    assert "no app declares a port named '8080'; the apps declare http (tcp " in p.stderr
+    assert "--port http:8080" in p.stderr, p.stderr
     p = pm("start", INSECURE, "--net=host", "--port", "http:18082", web, check=False)
     assert p.returncode != 0 and "--port needs a pod network" in p.stderr
     assert net_state() == baseline

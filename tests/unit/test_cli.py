@@ -78,3 +78,26 @@ def test_the_fast_exit_keeps_exit_codes_and_flushes_output() -> None:
     assert errors == ["podmgr: error: gone", "podmgr: hint: look elsewhere"]
     p = podmgr("frobnicate")  # python -m podmgr: entry() too
     assert p.returncode == ExitCode.USAGE
+
+
+def test_dockers_volume_syntax_gets_podmgrs() -> None:
+    """`-v /srv:/data` habits: the error spells the two options that do it."""
+    from podmgr.cli.pod import parse_volume
+
+    try:
+        parse_volume("/srv:/data")
+    except Exception as e:  # click.BadParameter, whose import costs this module nothing
+        msg = str(e)
+    else:
+        raise AssertionError("accepted docker's syntax")
+    assert "docker's -v syntax" in msg
+    assert "--volume data,kind=host,source=/srv" in msg
+    assert "--mount volume=data,target=/data" in msg
+    assert parse_volume("data,kind=host,source=/srv")["source"] == "/srv"
+
+
+def test_gc_with_nothing_to_collect_says_so() -> None:
+    from podmgr.podctl import GcResult
+
+    assert GcResult([], []).text() == "no pod to collect"
+    assert GcResult(["u1"], ["u2"]).text() == "removed u1\nmarked u2"
