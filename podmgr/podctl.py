@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from podmgr import launch, logger, names, podlist, podstate
-from podmgr.errors import ConflictError, SystemdError, require_root
+from podmgr.errors import ConflictError, NotFoundError, SystemdError, UsageError, require_root
 from podmgr.fsutil import rmtree
 from podmgr.podlist import PodState
 from podmgr.podstate import PodRecord
@@ -234,6 +234,75 @@ def list_pods(state: Path, *, bus: str | None = None) -> list[tuple[PodRecord, P
     return [(r, derive_state(r, active)) for r in records]
 
 
+# ---- stop --all and kill ---------------------------------------------------------------
+
+# What an app can be sent (``podmgr kill``): on systemd 252 the unit's main process is
+# podmgr-exec, which passes on these and no other (shim/podmgr-exec.c forward_signals);
+# SIGKILL ends podmgr-exec and so the app (PR_SET_PDEATHSIG). Any other signal would end
+# podmgr-exec with the app killed, not signalled; so it is refused rather than sent.
+KILL_SIGNALS: tuple[str, ...] = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "WINCH")
+
+
+def parse_signal(value: str) -> int:
+    """A signal given as ``TERM``, ``SIGTERM``, ``term`` or ``15``; one of KILL_SIGNALS."""
+    import signal
+
+    v = value.strip().upper()
+    choices = ", ".join(KILL_SIGNALS)
+    if v.isdecimal() and len(v) <= 3:
+        try:
+            name = signal.Signals(int(v)).name.removeprefix("SIG")
+        except ValueError:
+            name = ""
+    else:
+        name = v.removeprefix("SIG")
+    if name not in KILL_SIGNALS:
+        raise UsageError(
+            f"signal {value[:40]!r} cannot be sent to an app", hint=f"one of {choices}"
+        )
+    return int(signal.Signals[f"SIG{name}"])
+
+
+def stop_all(state: Path, *, force: bool = False, bus: str | None = None) -> list[str]:
+    """Stop every running pod (as ``stop UUID`` each); the UUIDs stopped."""
+    require_root("stopping pods")
+    running = [r.uuid for r, s in list_pods(state, bus=bus) if s is PodState.RUNNING]
+    for u in running:
+        launch.stop(state, u, force=force, bus=bus)
+    return running
+
+
+def kill(
+    state: Path, uuid: str, sig: int, *, app: str | None = None, bus: str | None = None
+) -> list[str]:
+    """Send ``sig`` to the pod's running apps (or to ``app``) through systemd: to each
+    unit's main process, podmgr-exec on systemd 252, which passes it on to the app. The
+    names of the apps signalled."""
+    from podmgr import systemd
+
+    require_root("signalling a pod's apps")
+    record = podstate.load(podstate.pod_dir(state, uuid))
+    names_ = [a.name for a in record.apps]
+    if app is not None and app not in names_:
+        raise NotFoundError(f"pod {uuid} has no app {app!r}", hint=f"one of {', '.join(names_)}")
+    apps = [a for a in record.apps if app is None or a.name == app]
+    sent = []
+    with systemd.connect(bus) as sd:
+        active = _unit_states(sd)
+        for a in apps:
+            if active.get(a.unit) not in ("active", "activating", "reloading"):
+                continue
+            with contextlib.suppress(systemd.NoSuchUnitError):
+                # "main", not "all": podmgr-exec forwards it once; "all" would also hit
+                # the app's own children, which a shell's signal does not either.
+                sd.kill_unit(a.unit, sig, who="main")
+                sent.append(a.name)
+    if not sent:
+        what = f"app {app} of pod {uuid}" if app else f"pod {uuid}"
+        raise ConflictError(f"{what} is not running", hint=f"podmgr status {uuid}")
+    return sent
+
+
 # ---- rm and gc ---------------------------------------------------------------------------
 
 
@@ -280,11 +349,23 @@ def remove(state: Path, uuid: str, *, bus: str | None = None) -> None:
         Images(state).unpin(uuid)
 
 
-def rm(state: Path, uuids: list[str], *, bus: str | None = None) -> list[str]:
+def rm(state: Path, uuids: list[str], *, force: bool = False, bus: str | None = None) -> list[str]:
+    """Remove pods; with ``force``, stop a running one first (``podman rm --force``)."""
     require_root("removing pods")
     for u in uuids:
+        if force:
+            record = podstate.load(podstate.pod_dir(state, u))
+            if record.started is not None and _running(record, bus):
+                launch.stop(state, u, bus=bus)
         remove(state, u, bus=bus)
     return uuids
+
+
+def _running(record: PodRecord, bus: str | None) -> bool:
+    from podmgr import systemd
+
+    with systemd.connect(bus) as sd:
+        return derive_state(record, _unit_states(sd)) is PodState.RUNNING
 
 
 @dataclass(frozen=True)
@@ -348,5 +429,3 @@ def gc(
     metadata.sweep(state)
     podtemplate.sweep(state)
     return GcResult(removed, marked)
-
-

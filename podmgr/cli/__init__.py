@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("podmgr.cli.pod", "list_", "List pods and their states."),
     "stop": ("podmgr.cli.pod", "stop", "Stop running pods."),
     "rm": ("podmgr.cli.pod", "rm", "Remove exited or prepared pods."),
+    "kill": ("podmgr.cli.pod", "kill", "Send a signal to a running pod's apps."),
     "gc": ("podmgr.cli.pod", "gc", "Garbage-collect exited and expired pods."),
     "logs": ("podmgr.cli.pod", "logs", "Show a pod's logs from the journal."),
     "cat-manifest": ("podmgr.cli.pod", "cat_manifest", "Print a pod's reified manifest."),

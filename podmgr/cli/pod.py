@@ -420,7 +420,11 @@ def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
     return podlist.find(ctx.dir, ref)
 
 
-_uuid_file = click.option("--uuid-file", type=click.Path(path_type=Path, dir_okay=False))
+_uuid_file = click.option(
+    "--uuid-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the pod's UUID from this file.",
+)
 
 
 @click.command("run-prepared")
@@ -493,13 +497,22 @@ def list_(ctx: Ctx, full: bool, no_legend: bool) -> None:
 
 @click.command()
 @click.option("--force", is_flag=True, help="SIGKILL instead of SIGTERM.")
+@click.option("--all", "all_", is_flag=True, help="Stop every running pod.")
 @_uuid_file
 @click.argument("uuids", nargs=-1)
 @click.pass_obj
-def stop(ctx: Ctx, force: bool, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
+def stop(ctx: Ctx, force: bool, all_: bool, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
     """Stop running pods."""
-    from podmgr import launch
+    from podmgr import launch, podctl
 
+    if all_:
+        if uuids or uuid_file is not None:
+            from podmgr.errors import UsageError
+
+            raise UsageError("--all stops every running pod: give it no pods")
+        for u in podctl.stop_all(ctx.dir, force=force, bus=ctx.bus):
+            click.echo(u)
+        return
     refs = list(uuids) or [_uuid(ctx, None, uuid_file)]
     for r in refs:
         u = _uuid(ctx, r, None)
@@ -508,16 +521,41 @@ def stop(ctx: Ctx, force: bool, uuid_file: Path | None, uuids: tuple[str, ...]) 
 
 
 @click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop a running pod first, then remove it.")
 @_uuid_file
 @click.argument("uuids", nargs=-1)
 @click.pass_obj
-def rm(ctx: Ctx, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
-    """Remove exited or prepared pods."""
+def rm(ctx: Ctx, force: bool, uuid_file: Path | None, uuids: tuple[str, ...]) -> None:
+    """Remove exited or prepared pods (running ones too with --force)."""
     from podmgr import podctl
 
     refs = list(uuids) or [_uuid(ctx, None, uuid_file)]
-    for u in podctl.rm(ctx.dir, [_uuid(ctx, r, None) for r in refs], bus=ctx.bus):
+    uuids_ = [_uuid(ctx, r, None) for r in refs]
+    for u in podctl.rm(ctx.dir, uuids_, force=force, bus=ctx.bus):
         click.echo(u)
+
+
+@click.command()
+@click.option(
+    "-s",
+    "--signal",
+    "signal_",
+    default="KILL",
+    show_default=True,
+    help="The signal: a name (TERM, SIGHUP) or a number; one an app can be sent.",
+)
+@click.option("--app", help="Only this app (default: every running app of the pod).")
+@_uuid_file
+@click.argument("uuid", required=False)
+@click.pass_obj
+def kill(ctx: Ctx, signal_: str, app: str | None, uuid_file: Path | None, uuid: str | None) -> None:
+    """Send a signal to a running pod's apps."""
+    from podmgr import podctl
+
+    sig = podctl.parse_signal(signal_)
+    u = _uuid(ctx, uuid, uuid_file)
+    for name in podctl.kill(ctx.dir, u, sig, app=app, bus=ctx.bus):
+        click.echo(f"{u} {name}")
 
 
 @click.command()
