@@ -167,12 +167,17 @@ def start(state: Path, uuid: str, bus: str | None) -> None:
         raise
 
 
-def emitter(multi: bool) -> Callable[[Any], None]:
+def emitter(multi: bool, *, timestamps: bool = False) -> Callable[[Any], None]:
     """How ``run`` and ``logs`` print journal entries: prefixed with the app's name when
-    ``multi`` (entries of several apps)."""
+    ``multi`` (entries of several apps), and before that with the entry's journal time
+    when ``timestamps`` (``logs --timestamps``)."""
+    if timestamps:
+        from podmgr.journal import timestamp
 
     def out(e: Any) -> None:
         line = f"{e.app} | {e.message}" if multi else e.message
+        if timestamps:
+            line = f"{timestamp(e.time_usec)} {line}"
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

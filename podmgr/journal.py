@@ -30,6 +30,19 @@ class Entry(NamedTuple):
     time_usec: int
 
 
+def timestamp(usec: int) -> str:
+    """An entry's ``__REALTIME_TIMESTAMP`` as ``journalctl -o short-iso-precise`` shows it:
+    ISO 8601 in local time with microseconds and the UTC offset, which RFC 3339 parsers
+    (and ``datetime.fromisoformat``) read."""
+    from datetime import UTC, datetime
+
+    seconds, micro = divmod(usec, 1_000_000)
+    # Integer parts, not usec / 1e6: a float loses the last microsecond digits.
+    # From UTC, then local: a naive local time is ambiguous in the hour a clock goes back.
+    t = datetime.fromtimestamp(seconds, UTC).astimezone().replace(microsecond=micro)
+    return t.isoformat(timespec="microseconds")
+
+
 def _argv(
     uuid: str,
     *,

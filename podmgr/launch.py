@@ -153,7 +153,11 @@ def exit_status(result: str, status: int | None) -> int:
 
 def pod_exit_code(pdir: Path, apps: Sequence[str]) -> int | None:
     """The first failing app's exit status, 0 if none failed, None if none exited."""
-    exits = [e for a in apps if (e := app_exit(pdir, a)) is not None]
+    return exits_code([e for a in apps if (e := app_exit(pdir, a)) is not None])
+
+
+def exits_code(exits: Sequence[dict[str, Any]]) -> int | None:
+    """:func:`pod_exit_code` of the apps' exit records read already."""
     if not exits:
         return None
     failed = sorted(

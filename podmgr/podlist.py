@@ -11,12 +11,13 @@ JSON, or is of a version newer than this podmgr knows, is skipped with a warning
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from podmgr import logger, names
 from podmgr.errors import (
@@ -31,7 +32,7 @@ from podmgr.hook import RUNNING_STATES
 
 # One reader of pod.json without the models, one boot ID: podmgr.launch's.
 from podmgr.launch import POD_RECORD_VERSION as POD_RECORD_VERSION
-from podmgr.launch import boot_id, load_record
+from podmgr.launch import boot_id, exits_code, load_record
 
 log = logger.get(__name__)
 
@@ -70,6 +71,32 @@ def derive_state(
     return PodState.EXITED
 
 
+class Port(NamedTuple):
+    """A --port mapping as pod.json records it (podstate.PodRecord.ports' order)."""
+
+    name: str
+    protocol: str
+    container_port: int
+    host_port: int
+    host_ip: str = ""
+
+    def text(self) -> str:
+        """``NAME=[HOST IP:]HOST PORT->PORT/PROTOCOL``, as podman's ``0.0.0.0:80->80/tcp``;
+        no host IP: every address of the host."""
+        ip = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        host = f"{ip}:{self.host_port}" if ip else str(self.host_port)
+        return f"{self.name}={host}->{self.container_port}/{self.protocol}"
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host_ip": self.host_ip,
+            "host_port": self.host_port,
+            "container_port": self.container_port,
+            "protocol": self.protocol,
+        }
+
+
 @dataclass(frozen=True)
 class PodListEntry:
     uuid: str
@@ -78,6 +105,15 @@ class PodListEntry:
     state: PodState
     created: datetime
     started: datetime | None
+    #: The first failing app's exit status, 0 if none failed; None unless exited.
+    exit_code: int | None = None
+    #: --port mappings, as pod.json keeps them (:class:`podmgr.network.PortMapping`).
+    ports: tuple[Port, ...] = ()
+
+
+def by_creation(pods: Iterable[PodListEntry]) -> list[PodListEntry]:
+    """Oldest first, as ``podman ps``; the UUID orders pods created in the same µs."""
+    return sorted(pods, key=lambda p: (p.created, p.uuid))
 
 
 @dataclass(frozen=True)
@@ -90,7 +126,7 @@ class PodList:
     def text(self) -> str:
         rows = []
         if self.legend:
-            rows.append(("UUID", "APPS", "IMAGES", "STATE", "CREATED", "STARTED"))
+            rows.append(("UUID", "APPS", "IMAGES", "STATE", "EXIT", "CREATED", "STARTED", "PORTS"))
         for p in self.pods:
             rows.append(
                 (
@@ -98,8 +134,10 @@ class PodList:
                     ",".join(p.apps),
                     ",".join(p.images),
                     p.state.value,
+                    "-" if p.exit_code is None else str(p.exit_code),
                     f"{p.created:%Y-%m-%d %H:%M:%S}",
                     f"{p.started:%Y-%m-%d %H:%M:%S}" if p.started else "-",
+                    ",".join(port.text() for port in p.ports) or "-",
                 )
             )
         if not rows:
@@ -118,6 +156,8 @@ class PodList:
                 "state": p.state.value,
                 "created": p.created.isoformat(),
                 "started": p.started.isoformat() if p.started else None,
+                "exit_code": p.exit_code,
+                "ports": [port.data() for port in p.ports],
             }
             for p in self.pods
         ]
@@ -138,6 +178,7 @@ class _Summary:
     garbage: datetime | None
     boot: str | None
     start_error: str | None
+    ports: tuple[Port, ...]
 
 
 def _summary(pods: Path, name: str) -> _Summary | None:
@@ -154,6 +195,7 @@ def _summary(pods: Path, name: str) -> _Summary | None:
             garbage=_time(data.get("garbage")),
             boot=data.get("boot_id"),
             start_error=data.get("start_error"),
+            ports=tuple(Port(*p) for p in data.get("ports", ())),
         )
     except NotFoundError:
         return None  # removed while we listed
@@ -165,6 +207,31 @@ def _summary(pods: Path, name: str) -> _Summary | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("pod %s: skipped, its pod.json cannot be read: %s", name, e)
         return None
+
+
+#: An exit.json is some 200 bytes (podstate.AppExit); more is not one podmgr wrote.
+EXIT_RECORD_MAX = 64 * 1024
+
+
+def _exit_code(pdir: str, apps: list[str]) -> int | None:
+    """launch.pod_exit_code, read with str paths: pathlib's joins were most of the time
+    a list of 1000 exited pods took for their exit codes. The path is
+    names.exit_record's."""
+    exits = []
+    for app in apps:
+        try:
+            # os.open and os.read, not open(): io's layers were half of this read's time.
+            fd = os.open(f"{pdir}/apps/{app}/exit.json", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                raw = os.read(fd, EXIT_RECORD_MAX)
+            finally:
+                os.close(fd)
+            data = json.loads(raw)
+        except (OSError, ValueError):
+            continue  # not exited, or being written (launch.app_exit skips it too)
+        if isinstance(data, dict) and "result" in data and "time" in data:
+            exits.append(data)
+    return exits_code(exits)
 
 
 def _active_units(bus: str | None) -> dict[str, str]:
@@ -188,29 +255,27 @@ def list_result(
     summaries = [s for n in dirnames if (s := _summary(pods, n)) is not None]
     active = _active_units(bus) if any(s.started for s in summaries) else {}
     current = boot_id()
-    return PodList(
-        [
-            PodListEntry(
-                s.uuid,
-                s.apps,
-                s.images,
-                derive_state(
-                    garbage=s.garbage,
-                    started=s.started,
-                    boot=s.boot,
-                    units=s.units,
-                    active=active,
-                    current_boot=current,
-                    start_error=s.start_error,
-                ),
-                s.created,
-                s.started,
-            )
-            for s in summaries
-        ],
-        full=full,
-        legend=legend,
-    )
+    entries = []
+    for s in summaries:
+        st = derive_state(
+            garbage=s.garbage,
+            started=s.started,
+            boot=s.boot,
+            units=s.units,
+            active=active,
+            current_boot=current,
+            start_error=s.start_error,
+        )
+        # Only an exited pod has an exit code; it costs a read per app, so only then.
+        code = (
+            _exit_code(os.path.join(pods, s.uuid), s.apps)
+            if st in (PodState.EXITED, PodState.GARBAGE)
+            else None
+        )
+        entries.append(
+            PodListEntry(s.uuid, s.apps, s.images, st, s.created, s.started, code, s.ports)
+        )
+    return PodList(by_creation(entries), full=full, legend=legend)
 
 
 def all_uuids(state: Path) -> list[str]:

@@ -423,7 +423,7 @@ def _uuid(ctx: Ctx, ref: str | None, uuid_file: Path | None) -> str:
 _uuid_file = click.option(
     "--uuid-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Read the pod's UUID from this file.",
+    help="Read the pod's UUID from this file (as --uuid-file-save wrote it).",
 )
 
 
@@ -583,9 +583,15 @@ def gc(ctx: Ctx, grace_period: str, expire_prepared: str, mark_only: bool) -> No
 
 @click.command()
 @click.option("--app", help="Only this app's output.")
-@click.option("-f", "--follow", is_flag=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing lines as the apps write them.")
 @click.option("--since", help="As journalctl --since.")
-@click.option("-n", "--lines", type=int)
+@click.option("-n", "--lines", type=int, help="Only the last N lines (then more with -f).")
+@click.option(
+    "-t",
+    "--timestamps",
+    is_flag=True,
+    help="Begin each line with its journal time (ISO 8601, microseconds, UTC offset).",
+)
 @_uuid_file
 @click.argument("uuid", required=False)
 @click.pass_obj
@@ -595,6 +601,7 @@ def logs(
     follow: bool,
     since: str | None,
     lines: int | None,
+    timestamps: bool,
     uuid_file: Path | None,
     uuid: str | None,
 ) -> None:
@@ -611,7 +618,7 @@ def logs(
         raise click.UsageError("--lines takes a number of lines, 0 or more")
     from podmgr.fastpath import emitter
 
-    out = emitter(len(record.apps) > 1 and app is None)
+    out = emitter(len(record.apps) > 1 and app is None, timestamps=timestamps)
     if follow:
         f = journal.Follower(u, app=app, since=since, lines=lines)
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from podmgr import journal
 
 
@@ -29,3 +31,26 @@ def test_systemds_own_messages_about_the_unit_are_not_the_apps_output() -> None:
 
 def test_garbage_is_skipped() -> None:
     assert journal._entry("not json") is None
+
+
+def test_timestamps_are_iso_8601_with_every_microsecond() -> None:
+    from datetime import UTC, datetime
+
+    usec = 1_796_000_000_123_457  # a float of the seconds would round the last digit
+    text = journal.timestamp(usec)
+    t = datetime.fromisoformat(text)
+    assert t.utcoffset() is not None  # an offset, as journalctl -o short-iso-precise
+    assert t.astimezone(UTC) == datetime(2026, 11, 30, 0, 53, 20, 123457, tzinfo=UTC)
+    assert text.split("T")[1][8:15] == ".123457"
+    assert journal.timestamp(usec) < journal.timestamp(usec + 1)
+
+
+def test_logs_timestamps_prefix_each_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from podmgr.fastpath import emitter
+
+    e = journal.Entry("web", "hello", "c", 1_796_000_000_000_001)
+    emitter(True, timestamps=True)(e)
+    emitter(False)(e)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == f"{journal.timestamp(e.time_usec)} web | hello"
+    assert second == "hello"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,8 @@ def record(uuid: str, **kw: object) -> PodRecord:
         rootfs="/r",
         rootfs_unit="r.mount",
     )
-    return PodRecord(uuid=uuid, created=T0, apps=(app,), metadata_token="t", **kw)  # type: ignore[arg-type]
+    kw.setdefault("created", T0)
+    return PodRecord(uuid=uuid, apps=(app,), metadata_token="t", **kw)  # type: ignore[arg-type]
 
 
 def save(state: Path, rec: PodRecord) -> None:
@@ -108,3 +109,68 @@ def test_list_does_not_import_pydantic(tmp_path: Path) -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_pods_are_listed_oldest_first_with_exit_codes_and_ports(tmp_path: Path) -> None:
+    # UUID order is the reverse of creation order, so a sort by UUID fails this.
+    save(tmp_path, record(U3))
+    late = T0 + timedelta(seconds=1)
+    save(tmp_path, record(U1, created=late, started=late, boot_id="other-boot"))
+    save(
+        tmp_path,
+        record(
+            U2,
+            created=T0 + timedelta(microseconds=1),
+            started=T0,
+            boot_id="other-boot",
+            ports=(("http", "tcp", 80, 8080, "127.0.0.1"),),
+        ),
+    )
+    failed = podstate.AppExit(name="web", result="exit-code", code="exited", status=3, time=late)
+    pdir = podstate.pod_dir(tmp_path, U2)
+    (pdir / "apps" / "web").mkdir(parents=True)
+    podstate.write_app_exit(pdir, failed)
+    result = podlist.list_result(tmp_path)
+    assert [(p.uuid, p.state, p.exit_code) for p in result.pods] == [
+        (U3, PodState.PREPARED, None),  # not exited: no exit code
+        (U2, PodState.EXITED, 3),
+        (U1, PodState.EXITED, None),  # exited without a record of its apps' ends
+    ]
+    data = result.data()
+    assert data[1]["exit_code"] == 3
+    assert data[1]["ports"] == [
+        {
+            "name": "http",
+            "host_ip": "127.0.0.1",
+            "host_port": 8080,
+            "container_port": 80,
+            "protocol": "tcp",
+        }
+    ]
+    assert data[0]["ports"] == [] and data[0]["exit_code"] is None
+    lines = result.text().splitlines()
+    assert lines[0].split() == [
+        "UUID",
+        "APPS",
+        "IMAGES",
+        "STATE",
+        "EXIT",
+        "CREATED",
+        "STARTED",
+        "PORTS",
+    ]
+    assert lines[2].split()[3:5] == ["exited", "3"]
+    assert lines[2].split()[-1] == "http=127.0.0.1:8080->80/tcp"
+    assert lines[1].split()[4] == "-"
+
+
+def test_port_text_brackets_ipv6_and_omits_an_unset_host_ip() -> None:
+    assert podlist.Port("dns", "udp", 53, 5353, "::1").text() == "dns=[::1]:5353->53/udp"
+    assert podlist.Port("http", "tcp", 80, 8080).text() == "http=8080->80/tcp"
+
+
+def test_pods_created_together_are_ordered_by_uuid() -> None:
+    def entry(uuid: str) -> podlist.PodListEntry:
+        return podlist.PodListEntry(uuid, [], [], PodState.PREPARED, T0, None)
+
+    assert [p.uuid for p in podlist.by_creation([entry(U2), entry(U1)])] == [U1, U2]
