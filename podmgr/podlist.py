@@ -31,7 +31,7 @@ from podmgr.hook import RUNNING_STATES
 
 # One reader of pod.json without the models, one boot ID: podmgr.launch's.
 from podmgr.launch import POD_RECORD_VERSION as POD_RECORD_VERSION
-from podmgr.launch import boot_id, load_record
+from podmgr.launch import app_exit, boot_id, load_record
 
 log = logger.get(__name__)
 
@@ -78,6 +78,8 @@ class PodListEntry:
     state: PodState
     created: datetime
     started: datetime | None
+    #: The apps that their memory limit killed (exit.json's ``oom``).
+    oom: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class PodList:
                     p.uuid if self.full else p.uuid[:8],
                     ",".join(p.apps),
                     ",".join(p.images),
-                    p.state.value,
+                    f"{p.state.value} (oom)" if p.oom else p.state.value,
                     f"{p.created:%Y-%m-%d %H:%M:%S}",
                     f"{p.started:%Y-%m-%d %H:%M:%S}" if p.started else "-",
                 )
@@ -118,6 +120,7 @@ class PodList:
                 "state": p.state.value,
                 "created": p.created.isoformat(),
                 "started": p.started.isoformat() if p.started else None,
+                "oom": list(p.oom),
             }
             for p in self.pods
         ]
@@ -205,12 +208,20 @@ def list_result(
                 ),
                 s.created,
                 s.started,
+                # Only an app that has run can have an exit.json to read.
+                oom=() if s.started is None else oom_apps(pods / s.uuid, s.apps),
             )
             for s in summaries
         ],
         full=full,
         legend=legend,
     )
+
+
+def oom_apps(pdir: Path, apps: Iterable[str]) -> tuple[str, ...]:
+    """The apps of the pod in ``pdir`` whose exit.json says their memory limit killed
+    them (podmgr.hook.out_of_memory)."""
+    return tuple(a for a in apps if (e := app_exit(pdir, a)) is not None and e.get("oom") is True)
 
 
 def all_uuids(state: Path) -> list[str]:
