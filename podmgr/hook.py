@@ -4,7 +4,8 @@ Runs as an app's OnSuccess=/OnFailure= unit once systemd will not restart the ap
 ``podmgr run`` is attached to the pod and does the same itself (see
 :func:`podmgr.units.exit_hook_properties`). It records the app's exit from
 ``$MONITOR_SERVICE_RESULT``, ``$MONITOR_EXIT_CODE`` and ``$MONITOR_EXIT_STATUS`` in
-``apps/<app>/exit.json`` and applies the pod's exit policy by stopping the pod's slice.
+``apps/<app>/exit.json`` (and whether its memory limit killed it: :func:`out_of_memory`)
+and applies the pod's exit policy by stopping the pod's slice.
 
 It imports only the standard library and jeepney (through :mod:`podmgr.systemd`), and
 runs with ``-S`` and an explicit PYTHONPATH: it is on the path of every pod's exit, and
@@ -157,23 +158,158 @@ def kill_deaf_apps(
                 sd.kill_unit(a["unit"], int(signal.SIGKILL))
 
 
+#: Where the kernel's cgroup hierarchies are mounted.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def oom_kill_count(text: str) -> int | None:
+    """The ``oom_kill`` counter of a cgroup's ``memory.oom_control`` (v1) or
+    ``memory.events`` (v2): lines of ``key value``. None if it has none."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def memory_oom_kills(uuid: str, unit: str, root: Path = CGROUP_ROOT) -> int | None:
+    """How many processes the kernel's OOM killer has ended in the app unit's memory
+    cgroup for exceeding its limit; None if the cgroup is gone or has no such counter.
+
+    systemd nests ``podmgr-<hex>.slice`` in ``podmgr.slice``. On cgroup v1 (legacy or
+    hybrid hosts) the counter is the memory controller's ``memory.oom_control`` and the
+    only word of an OOM kill: systemd reports it as a SIGKILL like any other. On cgroup
+    v2 it is ``memory.events``, which systemd itself watches (its ``oom-kill`` result).
+    The kernel counts v1 kills in the cgroup they happened in only, not its parents, so
+    the slice cannot stand in for a unit's cgroup that systemd has removed already."""
+    path = f"podmgr.slice/{names.pod_slice(uuid)}/{unit}"
+    for rel in (f"memory/{path}/memory.oom_control", f"{path}/memory.events"):
+        try:
+            with open(root / rel, "rb") as f:
+                text = f.read(4096).decode(errors="replace")
+        except OSError:
+            continue
+        count = oom_kill_count(text)
+        if count is not None:
+            return count
+    return None
+
+
+def memory_limit(pdir: Path, unit: str) -> int | None:
+    """The app unit's MemoryMax= (bytes) from the pod's plan.json, whatever its version:
+    its units are ``[name, properties, aux]``. None if it has no limit, or no plan."""
+    try:
+        plan = json.loads((pdir / "plan.json").read_bytes())
+        props = next(u[1] for u in plan["units"] if u[0] == unit)
+        limit = props.get("MemoryMax")
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, StopIteration):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+#: The most of the kernel's log read (its ring buffer: 128 KiB to a few MiB).
+MAX_KERNEL_LOG = 16 << 20
+
+
+def kernel_log() -> str:
+    """The kernel's log buffer, by syslog(2) (``dmesg``'s call; /dev/kmsg may be absent
+    in a container). Empty if it cannot be read (no CAP_SYSLOG)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = min(int(libc.klogctl(10, None, 0)), MAX_KERNEL_LOG)  # SYSLOG_ACTION_SIZE_BUFFER
+    if size <= 0:
+        return ""
+    buf = ctypes.create_string_buffer(size)
+    n = int(libc.klogctl(3, buf, size))  # SYSLOG_ACTION_READ_ALL: the buffer, left as is
+    return buf.raw[: max(n, 0)].decode(errors="replace")
+
+
+def kernel_logged_oom(log: str, unit: str) -> bool:
+    """Whether the kernel's log (:func:`kernel_log`) tells of an OOM kill of a process
+    of ``unit`` for exceeding a memory cgroup's limit: its ``oom-kill:`` line with
+    ``constraint=CONSTRAINT_MEMCG`` and the unit's cgroup as ``task_memcg`` (a path from
+    the hierarchy's root, whatever cgroup namespace systemd runs in)."""
+    for line in log.splitlines():
+        _, found, fields = line.partition("oom-kill:")
+        if not found:
+            continue
+        kv = dict(f.partition("=")[::2] for f in fields.split(","))
+        if kv.get("constraint") == "CONSTRAINT_MEMCG" and kv.get("task_memcg", "").endswith(
+            f"/{unit}"
+        ):
+            return True
+    return False
+
+
+def out_of_memory(
+    uuid: str, unit: str, exit: tuple[str, str | None, int | None, str | None]
+) -> bool:
+    """Whether an app's end (``exit``, as from :func:`parse_exit`) was the OOM killer's.
+
+    On cgroup v2 systemd says so: its ``oom-kill`` result (from the cgroup's
+    ``memory.events``). On cgroup v1 systemd reports a SIGKILL like any other; the memory
+    cgroup's counter would tell (:func:`memory_oom_kills`), but systemd removes the cgroup
+    as the unit stops, before ``run`` or the exit hook hear of it. What is left is the
+    kernel's log, which names the cgroup (:func:`kernel_logged_oom`); only read for an
+    app that SIGKILL ended. An app's unit name holds its pod's UUID, so a kill logged for
+    it was of this pod; with ``--restart``, possibly of an earlier run of the app."""
+    result, _code, _status, sig = exit
+    if result == "oom-kill":
+        return True
+    if result == "success" or sig != "KILL":
+        return False
+    kills = memory_oom_kills(uuid, unit)
+    if kills is not None:
+        return kills > 0
+    try:
+        return kernel_logged_oom(kernel_log(), unit)
+    except OSError:
+        return False
+
+
+def format_limit(n: int) -> str:
+    """A memory limit as ``--memory`` takes it: ``32Mi``, or bytes when not a whole unit."""
+    for suffix, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return f"{n} bytes"
+
+
+def oom_words(exit: Mapping[str, Any]) -> str | None:
+    """How an app's ``exit.json`` says that its memory limit killed it, or None."""
+    if exit.get("oom") is not True:
+        return None
+    limit = exit.get("memory_limit")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return f"out of memory (limit {format_limit(limit)})"
+    return "out of memory"
+
+
 def record_exit(
     pdir: Path,
     app: str,
     exit: tuple[str, str | None, int | None, str | None],
     restarts: int | None,
+    oom: bool = False,
 ) -> bool:
     """Write the app's ``exit.json`` unless it has one (``podmgr run`` may have been
-    first, from the same unit properties); whether this call wrote it."""
+    first, from the same unit properties); whether this call wrote it. ``oom``: the
+    memory limit killed it (:func:`out_of_memory`); with it, ``memory_limit``."""
     result, code, status, sig = exit
     if result != "success" and sig == "KILL" and names.stop_kill_marker(pdir, app).exists():
         # The pod's own stop ended it so (kill_deaf_apps), in place of a SIGTERM that it
         # could not receive: stopped, as SIGTERM would have been, not failed.
         result = "success"
-    exit_record = {
+        oom = False
+    exit_record: dict[str, Any] = {
         "name": app, "result": result, "code": code, "status": status, "signal": sig,
         "restarts": restarts, "time": datetime.now(UTC).isoformat(),
     }  # fmt: skip
+    if oom:
+        exit_record["oom"] = True
+        unit = names.app_service(pdir.name, app)
+        exit_record["memory_limit"] = memory_limit(pdir, unit)
     return create_new(names.exit_record(pdir, app), json.dumps(exit_record))
 
 
@@ -206,7 +342,8 @@ def app_exited(state: Path, uuid: str, app: str, env: Mapping[str, str], bus: st
                 return
             result, code, status, sig = exit_from_unit(final)
             restarts = final.get("NRestarts", restarts)
-        record_exit(pdir, app, (result, code, status, sig), restarts)
+        oom = out_of_memory(uuid, me["unit"], (result, code, status, sig))
+        record_exit(pdir, app, (result, code, status, sig), restarts, oom)
         app_ended(sd, pdir, record, app, (result, code, status, sig))
 
 

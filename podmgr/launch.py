@@ -510,6 +510,7 @@ def wait(
             app_ended,
             exit_from_unit,
             network_ends_with_pod,
+            out_of_memory,
             record_exit,
             socket_apps,
         )
@@ -518,10 +519,11 @@ def wait(
         for unit, final in exits:
             a = left.pop(unit)
             ex = exit_from_unit(final)
+            oom = out_of_memory(uuid, unit, ex)
             # What the app's exit hook records from the same properties; whichever of
             # the two comes first writes it.
             with contextlib.suppress(OSError):
-                record_exit(pdir, a["name"], ex, final.get("NRestarts"))
+                record_exit(pdir, a["name"], ex, final.get("NRestarts"), oom)
                 unrecorded -= 1
             if attached and left:
                 app_ended(sd, pdir, record, a["name"], ex)
@@ -769,6 +771,7 @@ def run_attached(
         with attach(state / "pods" / uuid) as attached:
             code = wait(state, uuid, bus=bus, attached=True, starting=starting, meanwhile=tail)
         sdnotify.notify(f"STOPPING=1\nSTATUS=pod {uuid} exited with {code}")
+        _tell_oom(state / "pods" / uuid)
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
         sdnotify.notify(f"STOPPING=1\nSTATUS=stopping pod {uuid}")
@@ -780,3 +783,16 @@ def run_attached(
     if interrupted:
         raise Interrupted("interrupted; the pod was stopped")
     return code
+
+
+def _tell_oom(pdir: Path) -> None:
+    """One line on stderr per app that its memory limit killed: the exit status alone
+    (137, SIGKILL) does not say why."""
+    from podmgr.hook import oom_words
+
+    with contextlib.suppress(PodmgrError, OSError, KeyError, TypeError):
+        for a in load_record(pdir)["apps"]:
+            ex = app_exit(pdir, a["name"])
+            words = oom_words(ex) if ex is not None else None
+            if words is not None:
+                log.warning("app %s was killed: %s", a["name"], words)

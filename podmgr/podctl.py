@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from podmgr import launch, logger, names, podlist, podstate
 from podmgr.errors import ConflictError, NotFoundError, SystemdError, UsageError, require_root
 from podmgr.fsutil import rmtree
+from podmgr.hook import oom_words
 from podmgr.podlist import PodState
 from podmgr.podstate import PodRecord
 
@@ -130,6 +131,8 @@ class PodStatus:
                     else f"exit status {a.exit.get('status')}"
                 )
                 lines.append(f"  exited:   {what} ({a.exit['result']})")
+                if words := oom_words(a.exit):
+                    lines.append(f"  killed:   {words}")
             for i in a.isolators:
                 lines.append(
                     f"  isolator: {i['name']}: {i['state']} {i.get('detail', '')}".rstrip()

@@ -109,6 +109,8 @@ class PodListEntry:
     exit_code: int | None = None
     #: --port mappings, as pod.json keeps them (:class:`podmgr.network.PortMapping`).
     ports: tuple[Port, ...] = ()
+    #: The apps that their memory limit killed (exit.json's ``oom``).
+    oom: tuple[str, ...] = ()
 
 
 def by_creation(pods: Iterable[PodListEntry]) -> list[PodListEntry]:
@@ -133,7 +135,7 @@ class PodList:
                     p.uuid if self.full else p.uuid[:8],
                     ",".join(p.apps),
                     ",".join(p.images),
-                    p.state.value,
+                    f"{p.state.value} (oom)" if p.oom else p.state.value,
                     "-" if p.exit_code is None else str(p.exit_code),
                     f"{p.created:%Y-%m-%d %H:%M:%S}",
                     f"{p.started:%Y-%m-%d %H:%M:%S}" if p.started else "-",
@@ -158,6 +160,7 @@ class PodList:
                 "started": p.started.isoformat() if p.started else None,
                 "exit_code": p.exit_code,
                 "ports": [port.data() for port in p.ports],
+                "oom": list(p.oom),
             }
             for p in self.pods
         ]
@@ -213,10 +216,20 @@ def _summary(pods: Path, name: str) -> _Summary | None:
 EXIT_RECORD_MAX = 64 * 1024
 
 
-def _exit_code(pdir: str, apps: list[str]) -> int | None:
-    """launch.pod_exit_code, read with str paths: pathlib's joins were most of the time
-    a list of 1000 exited pods took for their exit codes. The path is
-    names.exit_record's."""
+def _oom(exits: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    return tuple(str(e["name"]) for e in exits if e.get("oom") is True)
+
+
+def oom_apps(pdir: Path, apps: Iterable[str]) -> tuple[str, ...]:
+    """The apps of the pod in ``pdir`` whose exit.json says their memory limit killed
+    them (podmgr.hook.out_of_memory)."""
+    return _oom(_exits(str(pdir), list(apps)))
+
+
+def _exits(pdir: str, apps: list[str]) -> list[dict[str, Any]]:
+    """The apps' exit records (launch.app_exit's), read with str paths: pathlib's joins
+    were most of the time a list of 1000 exited pods took for their exit codes. The path
+    is names.exit_record's."""
     exits = []
     for app in apps:
         try:
@@ -230,8 +243,8 @@ def _exit_code(pdir: str, apps: list[str]) -> int | None:
         except (OSError, ValueError):
             continue  # not exited, or being written (launch.app_exit skips it too)
         if isinstance(data, dict) and "result" in data and "time" in data:
-            exits.append(data)
-    return exits_code(exits)
+            exits.append({**data, "name": app})
+    return exits
 
 
 def _active_units(bus: str | None) -> dict[str, str]:
@@ -266,14 +279,12 @@ def list_result(
             current_boot=current,
             start_error=s.start_error,
         )
-        # Only an exited pod has an exit code; it costs a read per app, so only then.
-        code = (
-            _exit_code(os.path.join(pods, s.uuid), s.apps)
-            if st in (PodState.EXITED, PodState.GARBAGE)
-            else None
-        )
+        # Only an app that has run has an exit.json, a read per app: only then.
+        exits = _exits(os.path.join(pods, s.uuid), s.apps) if s.started is not None else []
+        code = exits_code(exits) if st in (PodState.EXITED, PodState.GARBAGE) else None
+        oom = _oom(exits)
         entries.append(
-            PodListEntry(s.uuid, s.apps, s.images, st, s.created, s.started, code, s.ports)
+            PodListEntry(s.uuid, s.apps, s.images, st, s.created, s.started, code, s.ports, oom)
         )
     return PodList(by_creation(entries), full=full, legend=legend)
 

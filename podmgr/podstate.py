@@ -107,6 +107,10 @@ class AppExit(_Record):
     #: How often systemd restarted the app (--restart), when it could still be read.
     restarts: int | None = None
     time: datetime
+    #: Its memory limit killed it (podmgr.hook.out_of_memory); absent in older records.
+    oom: bool = False
+    #: That limit (MemoryMax=, bytes), when ``oom``.
+    memory_limit: int | None = None
 
 
 def pods_dir(state: Path) -> Path:
