@@ -134,7 +134,9 @@ def test_records_from_before_read_as_no_oom(tmp_path: Path) -> None:
 
 def test_list_shows_the_pods_oom_kills() -> None:
     t = datetime(2026, 1, 2, tzinfo=UTC)
-    entry = podlist.PodListEntry(UUID, ["hog"], ["h"], podlist.PodState.EXITED, t, t, ("hog",))
+    entry = podlist.PodListEntry(
+        UUID, ["hog"], ["h"], podlist.PodState.EXITED, t, t, exit_code=137, oom=("hog",)
+    )
     out = podlist.PodList([entry])
     assert re.split(r"\s{2,}", out.text().splitlines()[1])[3] == "exited (oom)"
     assert out.data()[0]["oom"] == ["hog"]
