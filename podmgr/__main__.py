@@ -20,6 +20,7 @@ log = logger.get("podmgr")
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Unwind like Ctrl-C so that context managers clean up what they created.
+    Interrupted.received = True
     raise Interrupted(f"terminated by signal {signal.Signals(signum).name}")
 
 

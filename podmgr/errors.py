@@ -123,6 +123,9 @@ class LimitError(PodmgrError):
 
 class Interrupted(PodmgrError):
     exit_code = ExitCode.INTERRUPTED
+    #: Set once a signal has been turned into this (podmgr.__main__): the exception may
+    #: land in the middle of a read, and what that leaves behind fail otherwise.
+    received = False
 
 
 #: The hint of every error that root would not have had.
