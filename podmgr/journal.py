@@ -54,7 +54,11 @@ def _argv(
     all_lines: bool = False,
 ) -> list[str]:
     # --all: fields over 4096 bytes (a long line) are null in -o json otherwise.
+    # _TRANSPORT=stdout: the apps' output, not systemd's messages about their units,
+    # which carry the same fields on systemd 257 and would fill --lines=N (an app has no
+    # other way to the journal: its /dev and /run hold no journal socket).
     argv = ["journalctl", "-o", "json", "--all", "--no-pager", "-q", f"PODMGR_POD={uuid}"]
+    argv.append("_TRANSPORT=stdout")
     if app:
         argv.append(f"PODMGR_APP={app}")
     if follow:
