@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from podfix import Podmgr
 
 import podmgr
 from podmgr import systemd
@@ -35,6 +36,18 @@ if os.environ.get("PODMGR_EXPECT_INSTALLED") == "1":
     ).stdout.strip()
     if _child != PACKAGED:
         raise RuntimeError(f"PODMGR_EXPECT_INSTALLED: `python3 -m podmgr` would use {_child}")
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
+    """A state directory of the module's own; /tmp in the box is a tmpfs, where overlay
+    upper layers can live (not on the box's overlay root)."""
+    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
 
 
 @pytest.fixture

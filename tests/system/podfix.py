@@ -155,3 +155,16 @@ def host_state() -> dict[str, list[str]]:
         ),
         "mounts": sorted(m for m in mounts if "/pods/" in m),
     }
+
+
+#: Tests build their images unsigned.
+INSECURE = "--insecure-options=image"
+
+
+def image_file(images: Path, name: str, exec_: list[str], **kw: Any) -> str:
+    """``build_image`` into ``images`` as example.com/NAME; the .aci's path."""
+    return str(build_image(images / f"{name}.aci", f"example.com/{name}", exec_, **kw))
+
+
+def unit_of(uuid: str, app: str) -> str:
+    return f"podmgr-{uuid.replace('-', '')}-{app}.service"

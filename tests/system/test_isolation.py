@@ -11,31 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, sh
+from podfix import INSECURE, Podmgr, image_file, sh, unit_of
 
 from podmgr.hook import app_process
 
 pytestmark = pytest.mark.system
 
-INSECURE = "--insecure-options=image"
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
-    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
-
-
-def img(images: Path, name: str, exec_: list[str], **kw: object) -> str:
-    return str(build_image(images / f"{name}.aci", f"example.com/{name}", exec_, **kw))  # type: ignore[arg-type]
-
-
-def unit_of(uuid: str, app: str) -> str:
-    return f"podmgr-{uuid.replace('-', '')}-{app}.service"
 
 
 def app_pid(uuid: str, app: str) -> int:
@@ -53,7 +34,7 @@ def run_in(pm: Podmgr, aci: str, script: str, *extra: str) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def victim(pm: Podmgr, images: Path) -> Iterator[str]:
     """Pod B: a root app with a secret in its environment, left running."""
-    aci = img(images, "victim", ["/bin/sleep", "600"])
+    aci = image_file(images, "victim", ["/bin/sleep", "600"])
     uuid = pm("start", INSECURE, "--set-env", "SECRET=b-secret-token", aci).stdout.strip()
     yield uuid
     pm("stop", uuid)
@@ -62,7 +43,7 @@ def victim(pm: Podmgr, images: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def attacker(images: Path) -> str:
-    return img(images, "attacker", ["/bin/true"])
+    return image_file(images, "attacker", ["/bin/true"])
 
 
 def test_another_pods_root_is_not_writable_through_proc(
@@ -107,7 +88,7 @@ def test_a_non_root_app_does_not_reach_a_host_users_files(
         ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sleep", "120"], cwd=home
     )
     try:
-        aci = img(images, "alice", ["/bin/true"], user="1000", group="1000")
+        aci = image_file(images, "alice", ["/bin/true"], user="1000", group="1000")
         p = run_in(pm, aci, f"id -u; cat /proc/{host.pid}/cwd/secret")
         assert p.stdout.startswith("1000\n"), p.stdout + p.stderr
         assert "host user's secret" not in p.stdout

@@ -6,32 +6,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from podfix import Podmgr, build_image, host_state, sh, until
+from podfix import INSECURE, Podmgr, host_state, image_file, sh, unit_of, until
 
 from podmgr.errors import ExitCode
 from podmgr.hook import app_process
 
 pytestmark = pytest.mark.system
 
-INSECURE = "--insecure-options=image"
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
-    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
-
-
-def img(images: Path, name: str, exec_: list[str]) -> str:
-    return str(build_image(images / f"{name}.aci", f"example.com/{name}", exec_))
-
-
-def unit_of(uuid: str, app: str) -> str:
-    return f"podmgr-{uuid.replace('-', '')}-{app}.service"
 
 
 def active(unit: str) -> bool:
@@ -48,7 +29,7 @@ TRAPPER = [
 
 
 def test_stop_all_stops_every_running_pod(pm: Podmgr, images: Path) -> None:
-    aci = img(images, "trapper", TRAPPER)
+    aci = image_file(images, "trapper", TRAPPER)
     pods = [pm("start", INSECURE, aci).stdout.strip() for _ in range(2)]
     assert all(active(unit_of(u, "trapper")) for u in pods)
     both = pm("stop", "--all", pods[0], check=False)
@@ -67,7 +48,8 @@ def test_stop_all_stops_every_running_pod(pm: Podmgr, images: Path) -> None:
 
 
 def test_stop_all_force_kills(pm: Podmgr, images: Path) -> None:
-    aci = img(images, "stubborn", ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"])
+    stubborn = "trap '' TERM; while :; do sleep 1; done"
+    aci = image_file(images, "stubborn", ["/bin/sh", "-c", stubborn])
     uuid = pm("start", INSECURE, aci).stdout.strip()
     pm("stop", "--all", "--force")
     st = pm.json("status", uuid)
@@ -78,7 +60,7 @@ def test_stop_all_force_kills(pm: Podmgr, images: Path) -> None:
 
 def test_rm_force_removes_a_running_pod_without_a_trace(pm: Podmgr, images: Path) -> None:
     before = host_state()
-    aci = img(images, "trapper", TRAPPER)
+    aci = image_file(images, "trapper", TRAPPER)
     uuid = pm("start", INSECURE, "--net=default", aci).stdout.strip()
     hexid = uuid.replace("-", "")
     assert active(unit_of(uuid, "trapper"))
@@ -94,7 +76,7 @@ def test_rm_force_removes_a_running_pod_without_a_trace(pm: Podmgr, images: Path
 
 
 def test_kill_signal_reaches_only_the_named_app(pm: Podmgr, images: Path) -> None:
-    aci = img(images, "trapper", TRAPPER)
+    aci = image_file(images, "trapper", TRAPPER)
     uuid = pm("start", INSECURE, aci, "--name", "a", "---", aci, "--name", "b").stdout.strip()
     # As PID 1 of its namespace, the shell drops a SIGHUP sent before its trap is set.
     until(lambda: traps_hup(uuid, "a") and traps_hup(uuid, "b"), "traps set")

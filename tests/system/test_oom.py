@@ -7,22 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from podfix import Podmgr, build_image
 
 INSECURE = "--insecure-options=image"
 #: The shell itself holds the 200 MB (command substitution reads into its memory).
 HOG = "v=$(head -c 200000000 /dev/zero | tr '\\0' x); echo ${#v}"
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory: pytest.TempPathFactory) -> Podmgr:
-    return Podmgr(tmp_path_factory.mktemp("podmgr-state"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
 
 
 def img(pm: Podmgr, images: Path, name: str, script: str) -> str:
